@@ -1,0 +1,34 @@
+// Argument validation shared by every op and backend. Each helper names the op
+// and the argument in its message, with what it got and what it expected.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+#include <string_view>
+
+namespace peftcore {
+
+// `t` is a floating tensor with exactly `dim` dimensions.
+void check_dim(std::string_view op, std::string_view name, const at::Tensor& t, int64_t dim);
+
+// `t` has exactly the given shape; `expected_desc` spells it symbolically, e.g. "[r, in_features]".
+void check_shape(std::string_view op, std::string_view name, const at::Tensor& t,
+                 at::IntArrayRef expected, std::string_view expected_desc);
+
+// `t` has the dtype and device of `ref` (named `ref_name`).
+void check_same_dtype_device(std::string_view op, std::string_view name, const at::Tensor& t,
+                             std::string_view ref_name, const at::Tensor& ref);
+
+// float16, bfloat16, float32 or float64.
+void check_floating(std::string_view op, std::string_view name, const at::Tensor& t);
+
+// A dropout probability in [0, 1).
+void check_dropout_p(std::string_view op, double p);
+
+// When p > 0 the seed is an int64 tensor of 2 elements on `device`.
+void check_dropout_seed(std::string_view op, double p, const std::optional<at::Tensor>& seed,
+                        const at::Device& device);
+
+}  // namespace peftcore

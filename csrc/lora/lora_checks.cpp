@@ -1,0 +1,74 @@
+#include "lora/lora_checks.h"
+
+#include "common/checks.h"
+
+#include <c10/util/accumulate.h>
+
+namespace peftcore {
+namespace {
+
+constexpr const char* kFwd = "lora_linear";
+constexpr const char* kBwd = "lora_linear_backward";
+
+LoraDims check_common(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                      const at::Tensor& lora_A, const at::Tensor& lora_B, double dropout_p,
+                      const std::optional<at::Tensor>& dropout_seed) {
+  TORCH_CHECK(x.defined() && x.dim() >= 1, op, ": x must have shape [..., in_features], got ",
+              x.defined() ? x.sizes() : at::IntArrayRef{});
+  check_floating(op, "x", x);
+  check_dim(op, "weight", weight, 2);
+  const int64_t out = weight.size(0), in = weight.size(1);
+  TORCH_CHECK(x.size(-1) == in, op, ": x must have shape [..., in_features=", in,
+              "] to match weight [out_features, in_features]=", weight.sizes(), ", got ",
+              x.sizes());
+  check_dim(op, "lora_A", lora_A, 2);
+  const int64_t rank = lora_A.size(0);
+  TORCH_CHECK(rank > 0, op, ": the LoRA rank r must be positive; lora_A has shape ",
+              lora_A.sizes(), " (expected [r, in_features]=[r, ", in, "] with r >= 1)");
+  check_shape(op, "lora_A", lora_A, {rank, in}, "[r, in_features]");
+  check_dim(op, "lora_B", lora_B, 2);
+  check_shape(op, "lora_B", lora_B, {out, rank}, "[out_features, r]");
+  check_same_dtype_device(op, "weight", weight, "x", x);
+  check_same_dtype_device(op, "lora_A", lora_A, "x", x);
+  check_same_dtype_device(op, "lora_B", lora_B, "x", x);
+  check_dropout_p(op, dropout_p);
+  check_dropout_seed(op, dropout_p, dropout_seed, x.device());
+  const int64_t rows = c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1);
+  return LoraDims{rows, in, out, rank};
+}
+
+}  // namespace
+
+LoraDims check_lora_forward(const at::Tensor& x, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, const at::Tensor& lora_A,
+                            const at::Tensor& lora_B, double dropout_p,
+                            const std::optional<at::Tensor>& dropout_seed) {
+  const LoraDims d = check_common(kFwd, x, weight, lora_A, lora_B, dropout_p, dropout_seed);
+  if (bias.has_value() && bias->defined()) {
+    check_dim(kFwd, "bias", *bias, 1);
+    check_shape(kFwd, "bias", *bias, {d.out}, "[out_features]");
+    check_same_dtype_device(kFwd, "bias", *bias, "x", x);
+  }
+  return d;
+}
+
+LoraDims check_lora_backward(const at::Tensor& grad_out, const at::Tensor& x,
+                             const at::Tensor& weight, const at::Tensor& lora_A,
+                             const at::Tensor& lora_B, const at::Tensor& lora_hidden,
+                             double dropout_p, const std::optional<at::Tensor>& dropout_seed) {
+  const LoraDims d = check_common(kBwd, x, weight, lora_A, lora_B, dropout_p, dropout_seed);
+  const auto out_shape = with_last_dim(x, d.out);
+  check_shape(kBwd, "grad_out", grad_out, out_shape, "[..., out_features]");
+  check_same_dtype_device(kBwd, "grad_out", grad_out, "x", x);
+  check_shape(kBwd, "lora_hidden", lora_hidden, {d.rows, d.rank}, "[N, r]");
+  check_same_dtype_device(kBwd, "lora_hidden", lora_hidden, "x", x);
+  return d;
+}
+
+std::vector<int64_t> with_last_dim(const at::Tensor& x, int64_t last) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = last;
+  return shape;
+}
+
+}  // namespace peftcore

@@ -1,0 +1,18 @@
+// The _C Python module: build information only. Tensor ops are reached through
+// torch.ops.peftcore, registered in registration.cpp when this library loads.
+#include <pybind11/pybind11.h>
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "peftcore native extension";
+  m.def("build_info", [] {
+    py::dict info;
+    info["version"] = PEFTCORE_VERSION;
+    info["torch_version"] = PEFTCORE_TORCH_VERSION;
+    info["cuda_compiled"] = static_cast<bool>(PEFTCORE_WITH_CUDA);
+    info["cuda_version"] = PEFTCORE_CUDA_VERSION;
+    info["cuda_architectures"] = PEFTCORE_CUDA_ARCHS;
+    return info;
+  }, "What this binary was compiled with and against.");
+}

@@ -1,0 +1,109 @@
+"""Typed wrappers over torch.ops.peftcore: fake kernels, autograd formulas, RNG seeds.
+
+Every op's schema lives in csrc/registration.cpp. This module adds, per op, what
+the compiler and autograd need: a fake (meta) kernel that computes output shapes,
+and the backward formula, which calls the backward op so that the whole graph
+stays inside registered ops under torch.compile.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _native  # noqa: F401  (loads the library that defines torch.ops.peftcore)
+
+_ops = torch.ops.peftcore
+
+
+def dropout_seed(device: torch.device) -> Tensor:
+    """Two random int64 words from torch's generator: the key of one dropout mask.
+
+    Drawn with torch.randint so torch.manual_seed reproduces masks and
+    torch.compile traces it as an ordinary random op.
+    """
+    return torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, device=device)
+
+
+# ---------------------------------------------------------------------------- LoRA
+
+
+def lora_linear(
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    lora_A: Tensor,
+    lora_B: Tensor,
+    scaling: float,
+    dropout_p: float = 0.0,
+    training: bool = True,
+) -> Tensor:
+    """``x W^T + b + scaling * (dropout(x) A^T) B^T`` in one fused op.
+
+    x: [..., in]; weight: [out, in]; bias: [out] or None; lora_A: [r, in];
+    lora_B: [out, r]. Dropout (probability ``dropout_p``, only when ``training``)
+    applies to the input of A, as in HF PEFT; its mask is regenerated in backward
+    from a seed, so only x (in its own dtype) and an N x r tensor are saved.
+    """
+    p = float(dropout_p) if training else 0.0
+    seed = dropout_seed(x.device) if p > 0.0 else None
+    out, _ = _ops.lora_linear(x, weight, bias, lora_A, lora_B, float(scaling), p, seed)
+    return out
+
+
+@torch.library.register_fake("peftcore::lora_linear")
+def _lora_linear_fake(x, weight, bias, lora_A, lora_B, scaling, dropout_p, dropout_seed):
+    torch._check(x.dim() >= 1, lambda: f"lora_linear: x must be [..., in_features], got {x.shape}")
+    torch._check(
+        x.shape[-1] == weight.shape[1],
+        lambda: f"lora_linear: x {tuple(x.shape)} does not match weight {tuple(weight.shape)}",
+    )
+    rows = math.prod(x.shape[:-1])
+    out = x.new_empty((*x.shape[:-1], weight.shape[0]))
+    hidden = x.new_empty((rows, lora_A.shape[0]))
+    return out, hidden
+
+
+@torch.library.register_fake("peftcore::lora_linear_backward")
+def _lora_linear_backward_fake(
+    grad_out, x, weight, lora_A, lora_B, lora_hidden, scaling, dropout_p, dropout_seed, output_mask
+):
+    def grad(flag: bool, shape) -> Tensor:
+        return x.new_empty(shape if flag else (0,))
+
+    return (
+        grad(output_mask[0], x.shape),
+        grad(output_mask[1], weight.shape),
+        grad(output_mask[2], (weight.shape[0],)),
+        grad(output_mask[3], lora_A.shape),
+        grad(output_mask[4], lora_B.shape),
+    )
+
+
+def _lora_setup_context(ctx, inputs, output):
+    x, weight, bias, lora_A, lora_B, scaling, dropout_p, dropout_seed = inputs
+    _, hidden = output
+    # x once, in its own dtype, plus the N x r hidden: all that backward reads.
+    ctx.save_for_backward(x, weight, lora_A, lora_B, hidden, dropout_seed)
+    ctx.scaling = scaling
+    ctx.dropout_p = dropout_p
+    ctx.has_bias = bias is not None
+    ctx.mark_non_differentiable(hidden)
+
+
+def _lora_backward(ctx, grad_out, _grad_hidden):
+    x, weight, lora_A, lora_B, hidden, seed = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    mask = [needs[0], needs[1], ctx.has_bias and needs[2], needs[3], needs[4]]
+    grads = _ops.lora_linear_backward(
+        grad_out, x, weight, lora_A, lora_B, hidden, ctx.scaling, ctx.dropout_p, seed, mask
+    )
+    return tuple(g if m else None for g, m in zip(grads, mask)) + (None, None, None)
+
+
+torch.library.register_autograd(
+    "peftcore::lora_linear", _lora_backward, setup_context=_lora_setup_context
+)
