@@ -29,7 +29,7 @@ print(torch.__version__)
 print(torch.version.cuda or "")
 print(int(torch._C._GLIBCXX_USE_CXX11_ABI))
 print(lib)
-print(";".join(ce.include_paths()))
+print(",".join(ce.include_paths()))
 print(nv)
 ]=]
   OUTPUT_VARIABLE _torch_info

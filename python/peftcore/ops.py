@@ -107,3 +107,20 @@ def _lora_backward(ctx, grad_out, _grad_hidden):
 torch.library.register_autograd(
     "peftcore::lora_linear", _lora_backward, setup_context=_lora_setup_context
 )
+
+
+def _no_double_backward(op_name: str):
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"{op_name} does not support double backward (create_graph=True through a peftcore "
+            "adapter); compute higher-order gradients with peftcore.reference instead"
+        )
+
+    return backward
+
+
+torch.library.register_autograd(
+    "peftcore::lora_linear_backward",
+    _no_double_backward("peftcore::lora_linear_backward"),
+    setup_context=lambda ctx, inputs, output: None,
+)

@@ -1,0 +1,39 @@
+import subprocess
+import sys
+
+import torch
+
+import peftcore
+
+
+def test_build_info_fields():
+    info = peftcore.build_info()
+    assert set(info) >= {"version", "torch_version", "cuda_compiled", "cuda_version", "cuda_architectures"}
+    assert info["version"] == peftcore.__version__
+    assert info["torch_version"] == torch.__version__
+    assert isinstance(info["cuda_compiled"], bool)
+    if info["cuda_compiled"]:
+        assert info["cuda_version"].split(".")[0] == torch.version.cuda.split(".")[0]
+        assert info["cuda_architectures"]
+
+
+def test_ops_registered_for_backends():
+    for name in ("lora_linear", "lora_linear_backward"):
+        op = getattr(torch.ops.peftcore, name).default
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CPU")
+        if peftcore.build_info()["cuda_compiled"]:
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CUDA")
+
+
+def test_import_refuses_a_different_torch(tmp_path):
+    # Simulate a binary built for another torch: the import must fail with a rebuild hint.
+    code = (
+        "import torch; torch.__version__ = '0.0.1-other'\n"
+        "try:\n"
+        "    import peftcore\n"
+        "except ImportError as e:\n"
+        "    print('ERR', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert "ERR peftcore was built against torch" in out.stdout, out.stdout + out.stderr
+    assert "Rebuild" in out.stdout

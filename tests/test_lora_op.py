@@ -1,0 +1,269 @@
+"""torch.ops.peftcore.lora_linear: parity with reference.py, opcheck, gradcheck, errors."""
+
+import pytest
+import torch
+
+from peftcore import ops, reference
+from helpers import LOW_PRECISION, assert_as_accurate_as_torch, max_abs
+
+lora_op = torch.ops.peftcore.lora_linear
+lora_bwd = torch.ops.peftcore.lora_linear_backward
+
+# (leading shape, in, out, r): odd sizes, 1s, ranks not multiples of the kernels' tiles.
+SHAPES = [
+    ((5,), 7, 3, 2),
+    ((2, 3), 1, 1, 1),
+    ((33,), 127, 65, 8),
+    ((3, 17), 64, 127, 64),
+    ((1,), 7, 129, 33),
+    ((70,), 40, 1, 1),
+]
+
+
+def make_inputs(lead, n_in, n_out, r, dtype, device, bias=True, requires_grad=True, scale=1.0):
+    g = torch.Generator().manual_seed(hash((lead, n_in, n_out, r)) % 2**31)
+
+    def rnd(*shape, s=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * s).to(dtype).to(device)
+
+    tensors = [
+        rnd(*lead, n_in),
+        rnd(n_out, n_in, s=max(n_in, 1) ** -0.5),
+        rnd(n_out) if bias else None,
+        rnd(r, n_in, s=max(n_in, 1) ** -0.5),
+        rnd(n_out, r, s=scale),
+    ]
+    if requires_grad:
+        for t in tensors:
+            if t is not None:
+                t.requires_grad_(True)
+    return tensors
+
+
+def seed_for(device):
+    return torch.tensor([0x1234567890, -42], dtype=torch.int64, device=device)
+
+
+def run_both(inputs, scaling, p, seed):
+    x, w, b, a, bb = inputs
+    out, _ = lora_op(x, w, b, a, bb, scaling, p, seed if p > 0 else None)
+    ref = reference.lora_linear(x, w, b, a, bb, scaling, p, seed)
+    return out, ref
+
+
+@pytest.mark.parametrize("lead,n_in,n_out,r", SHAPES)
+@pytest.mark.parametrize("p", [0.0, 0.3])
+@pytest.mark.parametrize("bias", [True, False])
+def test_float64_matches_reference(device, lead, n_in, n_out, r, p, bias):
+    inputs = make_inputs(lead, n_in, n_out, r, torch.float64, device, bias=bias)
+    out, ref = run_both(inputs, 0.75, p, seed_for(device))
+    assert max_abs(out, ref) <= 1e-10
+    grad = torch.randn_like(ref)
+    params = [t for t in inputs if t is not None]
+    g_ours = torch.autograd.grad(out, params, grad)
+    g_ref = torch.autograd.grad(ref, params, grad)
+    for name, go, gr in zip(["x", "weight", "bias", "A", "B"], g_ours, g_ref):
+        assert max_abs(go, gr) <= 1e-10, name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, *LOW_PRECISION])
+@pytest.mark.parametrize("lead,n_in,n_out,r", [((33,), 127, 65, 8), ((4, 16), 256, 96, 16)])
+@pytest.mark.parametrize("p", [0.0, 0.1])
+def test_low_precision_as_accurate_as_torch(device, dtype, lead, n_in, n_out, r, p):
+    ref_inputs = make_inputs(lead, n_in, n_out, r, torch.float64, device)
+    low_inputs = [t.detach().to(dtype).requires_grad_(True) for t in ref_inputs]
+    # The oracle sees exactly the rounded inputs.
+    ref_inputs = [t.detach().double().requires_grad_(True) for t in low_inputs]
+    seed = seed_for(device)
+    out, torch_low = run_both(low_inputs, 2.0, p, seed)
+    ref = reference.lora_linear(*ref_inputs, 2.0, p, seed)
+    assert out.dtype == dtype
+    assert_as_accurate_as_torch(out, torch_low, ref, f"out {dtype}")
+    grad = torch.randn(ref.shape, dtype=torch.float64, device=device)
+    g_ours = torch.autograd.grad(out, low_inputs, grad.to(dtype))
+    g_low = torch.autograd.grad(torch_low, low_inputs, grad.to(dtype))
+    g_ref = torch.autograd.grad(ref, ref_inputs, grad)
+    for name, go, gl, gr in zip(["x", "weight", "bias", "A", "B"], g_ours, g_low, g_ref):
+        assert go.dtype == dtype
+        assert_as_accurate_as_torch(go, gl, gr, f"grad {name} {dtype}")
+
+
+def test_dropout_mask_statistics_and_seed_dependence():
+    keep = reference.dropout_keep_mask(torch.tensor([7, 9]), 0.25, 200, 300)
+    assert abs(keep.float().mean().item() - 0.75) < 0.01
+    other = reference.dropout_keep_mask(torch.tensor([8, 9]), 0.25, 200, 300)
+    assert (keep != other).float().mean() > 0.3
+    # The wrapper draws a fresh seed per call from torch's generator.
+    x, w, b, a, bb = make_inputs((64,), 32, 16, 4, torch.float64, "cpu", requires_grad=False, scale=1.0)
+    torch.manual_seed(0)
+    y1 = ops.lora_linear(x, w, b, a, bb, 1.0, 0.5)
+    y2 = ops.lora_linear(x, w, b, a, bb, 1.0, 0.5)
+    torch.manual_seed(0)
+    y3 = ops.lora_linear(x, w, b, a, bb, 1.0, 0.5)
+    assert not torch.equal(y1, y2) and torch.equal(y1, y3)
+    # No dropout outside training.
+    assert torch.equal(ops.lora_linear(x, w, b, a, bb, 1.0, 0.5, training=False),
+                       ops.lora_linear(x, w, b, a, bb, 1.0, 0.0))
+
+
+def test_gradcheck_float64(device):
+    for p in (0.0, 0.4):
+        x, w, b, a, bb = make_inputs((3, 2), 5, 4, 3, torch.float64, device)
+        seed = seed_for(device) if p > 0 else None
+
+        def f(x, w, b, a, bb):
+            return lora_op(x, w, b, a, bb, 1.5, p, seed)[0]
+
+        assert torch.autograd.gradcheck(f, (x, w, b, a, bb))
+
+
+def test_double_backward_raises_clearly():
+    x, w, b, a, bb = make_inputs((3,), 5, 4, 2, torch.float64, "cpu")
+    out = lora_op(x, w, b, a, bb, 1.0, 0.0, None)[0]
+    (gx,) = torch.autograd.grad(out.sum(), [x], create_graph=True)
+    with pytest.raises(RuntimeError, match="does not support double backward"):
+        gx.sum().backward()
+
+
+@pytest.mark.parametrize("p", [0.0, 0.2])
+def test_opcheck(device, p):
+    for lead, n_in, n_out, r in [((4,), 7, 5, 2), ((2, 3), 16, 9, 8)]:
+        x, w, b, a, bb = make_inputs(lead, n_in, n_out, r, torch.float32, device)
+        seed = seed_for(device) if p > 0 else None
+        torch.library.opcheck(lora_op, (x, w, b, a, bb, 0.5, p, seed))
+        torch.library.opcheck(lora_op, (x, w, None, a, bb, 0.5, p, seed))
+        out, hidden = lora_op(x, w, b, a, bb, 0.5, p, seed)
+        g = torch.randn_like(out)
+        args = [t.detach() if isinstance(t, torch.Tensor) else t for t in (g, x, w, a, bb, hidden)]
+        for mask in ([True] * 5, [False, False, False, True, True], [True, False, False, False, False]):
+            torch.library.opcheck(lora_bwd, (*args, 0.5, p, seed, mask))
+
+
+def test_non_contiguous_inputs(device):
+    x, w, b, a, bb = make_inputs((6, 8), 12, 10, 4, torch.float64, device)
+    xt = x.detach().transpose(0, 1).requires_grad_(True)  # [8, 6, 12], non-contiguous
+    wt = w.detach().t().contiguous().t()  # same values, column-major
+    at_ = a.detach().t().contiguous().t()
+    seed = seed_for(device)
+    for p in (0.0, 0.3):
+        out, _ = lora_op(xt, wt, b, at_, bb, 0.5, p, seed if p > 0 else None)
+        ref = reference.lora_linear(xt, wt, b, at_, bb, 0.5, p, seed)
+        assert max_abs(out, ref) <= 1e-12
+        g = torch.randn_like(ref).transpose(0, 1).contiguous().transpose(0, 1)
+        (gx,) = torch.autograd.grad(out, [xt], g)
+        (gr,) = torch.autograd.grad(ref, [xt], g)
+        assert max_abs(gx, gr) <= 1e-12
+
+
+def test_zero_sized(device):
+    for lead in [(0,), (2, 0)]:
+        x, w, b, a, bb = make_inputs(lead, 5, 3, 2, torch.float32, device)
+        out, hidden = lora_op(x, w, b, a, bb, 1.0, 0.0, None)
+        assert out.shape == (*lead, 3) and hidden.shape == (0, 2)
+        out.sum().backward()
+        assert torch.count_nonzero(a.grad) == 0 and torch.count_nonzero(bb.grad) == 0
+        assert x.grad.shape == x.shape
+    # in_features == 0: the linear map is all zeros.
+    x, w, b, a, bb = make_inputs((4,), 0, 3, 2, torch.float32, device)
+    out, _ = lora_op(x, w, b, a, bb, 1.0, 0.0, None)
+    assert torch.equal(out, b.detach().expand(4, 3))
+
+
+@pytest.mark.parametrize(
+    "change,pattern",
+    [
+        (lambda t: t.update(a=t["a"][:, :-1]), r"lora_A must be \[r, in_features\]"),
+        (lambda t: t.update(bb=t["bb"][:-1]), r"lora_B must be \[out_features, r\]"),
+        (lambda t: t.update(bb=t["bb"][:, :-1]), r"lora_B must be \[out_features, r\]"),
+        (lambda t: t.update(a=t["a"][:0]), r"rank r must be positive"),
+        (lambda t: t.update(x=t["x"][..., :-1]), r"x must have shape \[\.\.\., in_features=7\]"),
+        (lambda t: t.update(a=t["a"].double()), r"lora_A has dtype Double but x has dtype Float"),
+        (lambda t: t.update(b=t["b"][:-1]), r"bias must be \[out_features\]"),
+        (lambda t: t.update(w=t["w"][0]), r"weight must have 2 dimensions"),
+        (lambda t: t.update(x=t["x"].int()), r"x must be float16, bfloat16, float32 or float64"),
+        (lambda t: t.update(p=-0.1), r"dropout_p must be in \[0, 1\), got -0.1"),
+        (lambda t: t.update(p=1.0), r"dropout_p must be in \[0, 1\)"),
+        (lambda t: t.update(p=0.5, seed=None), r"needs dropout_seed"),
+        (lambda t: t.update(p=0.5, seed=torch.zeros(3, dtype=torch.int64)), r"dropout_seed must be an int64 tensor of 2"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(change, pattern):
+    x, w, b, a, bb = make_inputs((4,), 7, 5, 3, torch.float32, "cpu", requires_grad=False)
+    t = dict(x=x, w=w, b=b, a=a, bb=bb, p=0.0, seed=None)
+    change(t)
+    with pytest.raises(RuntimeError, match=pattern):
+        lora_op(t["x"], t["w"], t["b"], t["a"], t["bb"], 1.0, t["p"], t["seed"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_device_mismatch_and_cpu_cuda_masks_agree():
+    x, w, b, a, bb = make_inputs((40,), 33, 17, 5, torch.float64, "cpu", requires_grad=False)
+    with pytest.raises(RuntimeError, match="lora_A is on cuda:0 but x is on cpu|lora_A is on"):
+        lora_op(x.cuda(), w.cuda(), b.cuda(), a, bb.cuda(), 1.0, 0.0, None)
+    seed = seed_for("cpu")
+    cpu, _ = lora_op(x, w, b, a, bb, 1.0, 0.3, seed)
+    gpu, _ = lora_op(x.cuda(), w.cuda(), b.cuda(), a.cuda(), bb.cuda(), 1.0, 0.3, seed.cuda())
+    assert max_abs(cpu, gpu.cpu()) <= 1e-10
+
+
+def test_saved_tensors_are_x_and_hidden_only():
+    """With dropout, backward keeps x (own dtype) and the N x r hidden: no mask, no masked copy."""
+    n, n_in, n_out, r = 256, 64, 48, 4
+    x, w, b, a, bb = make_inputs((n,), n_in, n_out, r, torch.float32, "cpu")
+    w.requires_grad_(False)
+    b.requires_grad_(False)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        ops.lora_linear(x, w, b, a, bb, 1.0, 0.1)
+    params = {w.data_ptr(), a.data_ptr(), bb.data_ptr()}
+    activation_elems = sum(t.numel() for t in saved if t.data_ptr() not in params and t.numel() > 2)
+    assert activation_elems <= n * n_in + n * r, activation_elems
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_runs_in_autocast_dtype(device, dtype):
+    if device.type == "cpu" and dtype == torch.float16 and not hasattr(torch, "autocast"):
+        pytest.skip("no cpu autocast")
+    x, w, b, a, bb = make_inputs((8,), 16, 12, 4, torch.float32, device)
+    with torch.autocast(device.type, dtype=dtype):
+        out = ops.lora_linear(x, w, b, a, bb, 1.0)
+        ref = torch.nn.functional.linear(x, w, b)
+    assert out.dtype == ref.dtype == dtype
+    out.float().sum().backward()
+    assert a.grad.dtype == torch.float32 and x.grad.dtype == torch.float32
+
+
+def test_torch_compile_fullgraph(device):
+    torch._dynamo.reset()
+    x, w, b, a, bb = make_inputs((2, 9), 24, 20, 4, torch.float32, device)
+
+    def f(x, w, b, a, bb):
+        return ops.lora_linear(x, w, b, a, bb, 0.5, 0.0).square().sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    loss = compiled(x, w, b, a, bb)
+    grads = torch.autograd.grad(loss, [x, a, bb])
+    ref_loss = f(x, w, b, a, bb)
+    ref_grads = torch.autograd.grad(ref_loss, [x, a, bb])
+    assert max_abs(loss, ref_loss) <= 1e-4
+    for g, rg in zip(grads, ref_grads):
+        assert max_abs(g, rg) <= 1e-4
+
+
+@pytest.mark.slow
+def test_torch_compile_inductor_with_dropout(device):
+    torch._dynamo.reset()
+    x, w, b, a, bb = make_inputs((2, 9), 24, 20, 4, torch.float32, device)
+
+    def f(x, w, b, a, bb):
+        return ops.lora_linear(x, w, b, a, bb, 0.5, 0.25).square().sum()
+
+    compiled = torch.compile(f, fullgraph=True)
+    loss = compiled(x, w, b, a, bb)
+    loss.backward()
+    assert torch.isfinite(a.grad).all() and bb.grad is not None
