@@ -1,0 +1,146 @@
+"""Timing, hardware limits and result files shared by every benchmark family.
+
+Rules (DESIGN.md): candidates alternate within one process, warm-up first,
+medians of many repetitions, CUDA timed with events; inputs rotate between
+several buffers so that small cases are not flattered by warm caches.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_once(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+@dataclass
+class Timing:
+    median_s: float
+    q1_s: float
+    q3_s: float
+    samples: int
+
+
+def time_alternating(
+    candidates: dict[str, Callable[[], object]],
+    device: torch.device,
+    warmup: int = 3,
+    reps: int = 5,
+    rounds: int = 5,
+) -> dict[str, Timing]:
+    """Times every candidate `rounds` x `reps` times, candidates interleaved per round."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            for _ in range(reps):
+                samples[name].append(_time_once(fn, device))
+    out = {}
+    for name, xs in samples.items():
+        q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
+        out[name] = Timing(statistics.median(xs), q[0], q[2], len(xs))
+    return out
+
+
+@dataclass
+class Limits:
+    bandwidth_gbs: float  # measured large copy, read + write bytes
+    matmul_tflops: dict  # dtype name -> measured large-matmul rate
+
+
+def measure_limits(device: torch.device, dtypes: list[torch.dtype], quick: bool) -> Limits:
+    """The machine's own ceilings, measured in this run: a large copy and a large matmul."""
+    n_bytes = (64 if quick else 1024) * 2**20 if device.type == "cpu" else 2 * 2**30
+    src = torch.empty(n_bytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    t = time_alternating({"copy": lambda: dst.copy_(src)}, device, warmup=2, reps=5, rounds=2)["copy"]
+    bandwidth = 2 * n_bytes / t.median_s / 1e9
+    rates = {}
+    for dtype in dtypes:
+        n = 2048 if device.type == "cpu" else 8192
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        t = time_alternating({"mm": lambda: a @ b}, device, warmup=2, reps=3, rounds=2)["mm"]
+        rates[str(dtype).replace("torch.", "")] = 2 * n**3 / t.median_s / 1e12
+    return Limits(bandwidth, rates)
+
+
+def machine_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device).replace(" ", "-")
+    return f"cpu-{platform.machine()}-{os.cpu_count()}cores"
+
+
+def write_results(family: str, device: torch.device, rows: list[dict], limits: Limits,
+                  out_dir: Path | None = None) -> Path:
+    """JSON (with the limits and environment) + CSV + Markdown, under results/<machine>/."""
+    out_dir = out_dir or RESULTS_DIR / machine_name(device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "family": family,
+        "machine": machine_name(device),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "limits": {"bandwidth_gbs": limits.bandwidth_gbs, "matmul_tflops": limits.matmul_tflops},
+    }
+    (out_dir / f"{family}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    if rows:
+        with open(out_dir / f"{family}.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    (out_dir / f"{family}.md").write_text(markdown_table(rows, meta))
+    return out_dir
+
+
+def markdown_table(rows: list[dict], meta: dict) -> str:
+    if not rows:
+        return ""
+    cols = list(rows[0])
+    lines = [
+        f"{meta['family']} on {meta['machine']} (torch {meta['torch']}, {meta['date']}); "
+        f"measured limits: copy {meta['limits']['bandwidth_gbs']:.1f} GB/s, matmul "
+        + ", ".join(f"{k} {v:.2f} TFLOP/s" for k, v in meta["limits"]["matmul_tflops"].items()),
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row[c]) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.0f}"
+    return str(v)
