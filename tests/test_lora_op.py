@@ -17,6 +17,7 @@ SHAPES = [
     ((3, 17), 64, 127, 64),
     ((1,), 7, 129, 33),
     ((70,), 40, 1, 1),
+    ((2000,), 300, 20, 3),  # many row blocks on the CPU, spread over threads
 ]
 
 
@@ -67,7 +68,10 @@ def test_float64_matches_reference(device, lead, n_in, n_out, r, p, bias):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, *LOW_PRECISION])
-@pytest.mark.parametrize("lead,n_in,n_out,r", [((33,), 127, 65, 8), ((4, 16), 256, 96, 16)])
+@pytest.mark.parametrize(
+    "lead,n_in,n_out,r",
+    [((33,), 127, 65, 8), ((4, 16), 256, 96, 16), ((1024,), 96, 80, 8)],  # the last: merged-weight path
+)
 @pytest.mark.parametrize("p", [0.0, 0.1])
 def test_low_precision_as_accurate_as_torch(device, dtype, lead, n_in, n_out, r, p):
     ref_inputs = make_inputs(lead, n_in, n_out, r, torch.float64, device)

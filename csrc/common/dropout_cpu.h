@@ -1,11 +1,12 @@
-// CPU helpers that apply a regenerated dropout mask (common/philox.h) to row
-// blocks of a [N, cols] matrix, so no N x cols mask or masked copy ever lives
-// longer than one block.
+// CPU helpers for dropout masks regenerated from their seed (common/philox.h).
+// Masks live as 0/1 bytes for one row block at a time: no N x cols mask and no
+// masked copy of a whole activation ever exists. The helpers are serial; callers
+// parallelise over row blocks.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
-#include <optional>
+#include <cstdint>
 
 #include "common/philox.h"
 
@@ -14,15 +15,13 @@ namespace peftcore {
 // Reads the two seed words of a CPU int64 tensor.
 DropoutMask make_dropout_mask(const at::Tensor& seed, double p);
 
-// Returns src ∘ keep for rows [row0, row0 + src.size(0)) of the logical matrix
-// with `cols` columns (no 1/(1-p) scaling: callers fold it into their scale).
-at::Tensor apply_dropout_rows(const at::Tensor& src, int64_t row0, const DropoutMask& mask);
+// keep[i] = 1 if flat element flat_begin + i is kept, for i in [0, count).
+void fill_keep_flags(const DropoutMask& mask, int64_t flat_begin, int64_t count, uint8_t* keep);
 
-// dst += src ∘ keep for the same row block; dst and src are [rows, cols].
-void add_dropout_rows_(at::Tensor& dst, const at::Tensor& src, int64_t row0,
-                       const DropoutMask& mask);
+// out = src ∘ keep, with out contiguous and shaped like src (keep: one flag per element).
+void masked_copy(const at::Tensor& src, const uint8_t* keep, at::Tensor& out);
 
-// Rows per block for the blocked dropout paths: about 4 MiB of temporaries.
-int64_t dropout_block_rows(int64_t cols, int64_t element_size);
+// dst += src ∘ keep, dst contiguous.
+void masked_add_(at::Tensor& dst, const at::Tensor& src, const uint8_t* keep);
 
 }  // namespace peftcore

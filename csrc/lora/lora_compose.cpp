@@ -10,14 +10,31 @@
 namespace peftcore {
 namespace {
 
-DropoutSpec make_spec(double p, const std::optional<at::Tensor>& seed) {
-  DropoutSpec spec;
-  spec.p = p;
-  if (p > 0.0) spec.seed = *seed;
-  return spec;
+std::optional<DropoutSpec> make_spec(double p, const std::optional<at::Tensor>& seed) {
+  if (p == 0.0) return std::nullopt;
+  return DropoutSpec{p, *seed};
+}
+
+const DropoutSpec* ptr(const std::optional<DropoutSpec>& spec) {
+  return spec.has_value() ? &*spec : nullptr;
 }
 
 at::Tensor empty_grad(const at::Tensor& like) { return at::empty({0}, like.options()); }
+
+// See "Merged-weight path" in lora_compose.h. Two N-sized read-modify-write passes
+// (about 2 N (in + out) element moves) against forming W + s B A (about 2 in out).
+bool use_merged_weight(const LoraDims& d, const at::Tensor& x, double dropout_p) {
+  const auto dt = x.scalar_type();
+  return dropout_p == 0.0 && (dt == at::kFloat || dt == at::kDouble) &&
+         d.rows * (d.in + d.out) >= 2 * d.in * d.out;
+}
+
+at::Tensor merged_weight(const at::Tensor& weight, const at::Tensor& lora_A,
+                         const at::Tensor& lora_B, double scaling) {
+  return at::addmm(weight, lora_B, lora_A, /*beta=*/1, /*alpha=*/scaling);
+}
+
+at::Tensor contiguous_result(at::Tensor t) { return t.is_contiguous() ? t : t.contiguous(); }
 
 }  // namespace
 
@@ -29,16 +46,20 @@ std::tuple<at::Tensor, at::Tensor> lora_forward(const LoraSkinnyOps& ops, const 
                                                 double dropout_p,
                                                 const std::optional<at::Tensor>& dropout_seed) {
   const LoraDims d = check_lora_forward(x, weight, bias, lora_A, lora_B, dropout_p, dropout_seed);
-  const DropoutSpec spec = make_spec(dropout_p, dropout_seed);
+  const auto spec = make_spec(dropout_p, dropout_seed);
   const at::Tensor x2 = x.reshape({d.rows, d.in});
+  const bool has_bias = bias.has_value() && bias->defined();
 
-  at::Tensor hidden = ops.shrink(x2, lora_A, scaling / (1.0 - dropout_p),
-                                 spec.active() ? &spec : nullptr);
-  at::Tensor y = (bias.has_value() && bias->defined()) ? at::addmm(*bias, x2, weight.t())
-                                                       : at::mm(x2, weight.t());
-  if (!y.is_contiguous()) y = y.contiguous();
-  ops.expand_add_(y, hidden, lora_B, nullptr);
-  return {y.view(with_last_dim(x, d.out)), hidden};
+  at::Tensor hidden = ops.shrink(x2, lora_A, scaling / (1.0 - dropout_p), ptr(spec));
+  at::Tensor y;
+  if (use_merged_weight(d, x, dropout_p)) {
+    const at::Tensor w = merged_weight(weight, lora_A, lora_B, scaling);
+    y = has_bias ? at::addmm(*bias, x2, w.t()) : at::mm(x2, w.t());
+  } else {
+    y = contiguous_result(has_bias ? at::addmm(*bias, x2, weight.t()) : at::mm(x2, weight.t()));
+    ops.expand_add_(y, hidden, lora_B);
+  }
+  return {contiguous_result(y).view(with_last_dim(x, d.out)), hidden};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_backward(
@@ -48,29 +69,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_back
     const std::optional<at::Tensor>& dropout_seed, std::array<bool, 5> output_mask) {
   const LoraDims d = check_lora_backward(grad_out, x, weight, lora_A, lora_B, lora_hidden,
                                          dropout_p, dropout_seed);
-  const DropoutSpec spec = make_spec(dropout_p, dropout_seed);
-  const DropoutSpec* mask = spec.active() ? &spec : nullptr;
+  const auto spec = make_spec(dropout_p, dropout_seed);
   const at::Tensor g2 = grad_out.reshape({d.rows, d.out});
-  const bool need_t = output_mask[0] || output_mask[3];
-
-  // T = s' G B: the only N x r intermediate of the backward.
-  const at::Tensor t =
-      need_t ? ops.shrink(g2, lora_B.t(), scaling / (1.0 - dropout_p), nullptr) : at::Tensor();
-
-  at::Tensor grad_x = empty_grad(x);
-  if (output_mask[0]) {
-    grad_x = at::mm(g2, weight);
-    if (!grad_x.is_contiguous()) grad_x = grad_x.contiguous();
-    ops.expand_add_(grad_x, t, lora_A.t(), mask);
-    grad_x = grad_x.view(x.sizes());
-  }
   const at::Tensor x2 = x.reshape({d.rows, d.in});
-  const at::Tensor grad_w = output_mask[1] ? at::mm(g2.t(), x2) : empty_grad(x);
-  const at::Tensor grad_b = output_mask[2] ? at::sum(g2, {0}) : empty_grad(x);
-  const at::Tensor grad_a = output_mask[3] ? ops.reduce(t, x2, mask) : empty_grad(x);
-  const at::Tensor grad_bb =
-      output_mask[4] ? ops.reduce(lora_hidden, g2, nullptr).t().contiguous() : empty_grad(x);
-  return {grad_x, grad_w, grad_b, grad_a, grad_bb};
+  const bool merged = use_merged_weight(d, x, dropout_p);
+
+  at::Tensor grad_x;
+  if (output_mask[0]) {
+    grad_x = contiguous_result(
+        at::mm(g2, merged ? merged_weight(weight, lora_A, lora_B, scaling) : weight));
+  }
+  // The adapter's own passes over G and x; they also add m∘(T A) into grad_x
+  // unless the merged weight already did.
+  at::Tensor* lora_dx = (output_mask[0] && !merged) ? &grad_x : nullptr;
+  LoraSkinnyGrads adapter;
+  if (lora_dx != nullptr || output_mask[3] || output_mask[4]) {
+    adapter = ops.backward(g2, x2, lora_hidden, lora_A, lora_B, scaling / (1.0 - dropout_p),
+                           ptr(spec), lora_dx, output_mask[3], output_mask[4]);
+  }
+  return {
+      output_mask[0] ? grad_x.view(x.sizes()) : empty_grad(x),
+      output_mask[1] ? at::mm(g2.t(), x2) : empty_grad(x),
+      output_mask[2] ? at::sum(g2, {0}) : empty_grad(x),
+      output_mask[3] ? adapter.grad_A : empty_grad(x),
+      output_mask[4] ? adapter.grad_B : empty_grad(x),
+  };
 }
 
 }  // namespace peftcore

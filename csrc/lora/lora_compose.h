@@ -1,15 +1,21 @@
-// The fused LoRA linear, written once in terms of three skinny primitives that
-// each backend implements (CPU: ATen GEMMs + blocked dropout; CUDA: hand-written
-// kernels). The large GEMMs go through ATen (MKL/oneDNN, cuBLAS) on both.
+// The fused LoRA linear, written once over a few skinny primitives that each
+// backend implements (CPU: blocked ATen GEMMs + regenerated dropout masks; CUDA:
+// hand-written kernels). The large GEMMs go through ATen (MKL/oneDNN, cuBLAS).
 //
 //   forward   hidden = s' (m∘x) A^T                 [N, r]   (s' = s / (1 - p))
 //             y      = x W^T + b;  y += hidden B^T         (into y's buffer)
 //   backward  T  = s' G B                           [N, r]
-//             dB = (hidden^T G)^T                   [out, r]
+//             dB = G^T hidden                       [out, r]
 //             dA = T^T (m∘x)                        [r, in]
 //             dx = G W;  dx += m∘(T A)                     (into dx's buffer)
 //             dW = G^T x,  db = Σ_rows G            (only when asked for)
-// m is the dropout keep-mask regenerated from the seed; it never outlives a kernel.
+// m is the dropout keep-mask regenerated from the seed; it never outlives a block.
+//
+// Merged-weight path: without dropout, in float32/float64 and when N is large
+// enough that an out x in temporary is cheaper than the two N-sized
+// read-modify-write passes it replaces, y = x (W + s B A)^T + b and dx = G (W + s B A)
+// run as single GEMMs. W + s B A rounds once to the weight dtype: below the GEMM's
+// own rounding in fp32/fp64, which is why 16-bit dtypes never take this path.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -23,18 +29,26 @@ namespace peftcore {
 struct DropoutSpec {
   double p = 0.0;
   at::Tensor seed;  // int64 [2] on the device of the data; undefined when p == 0
-  bool active() const { return p > 0.0; }
+};
+
+struct LoraSkinnyGrads {
+  at::Tensor grad_A;  // [r, in], or undefined when not asked for
+  at::Tensor grad_B;  // [out, r], or undefined when not asked for
 };
 
 struct LoraSkinnyOps {
-  // scale * (m∘x) A^T, with x [N, K] and A [r, K] -> [N, r]; m only if dropout is given.
+  // scale * (m∘x) A^T, with x [N, K] and A [r, K] -> [N, r]; m only if dropout != nullptr.
   at::Tensor (*shrink)(const at::Tensor& x, const at::Tensor& A, double scale,
                        const DropoutSpec* dropout);
-  // y += m∘(h Bt^T), with y [N, C] contiguous, h [N, r] and Bt [C, r].
-  void (*expand_add_)(at::Tensor& y, const at::Tensor& h, const at::Tensor& Bt,
-                      const DropoutSpec* dropout);
-  // L^T (m∘R) in L's dtype, with L [N, r] and R [N, K] -> [r, K].
-  at::Tensor (*reduce)(const at::Tensor& L, const at::Tensor& R, const DropoutSpec* dropout);
+  // y += h B^T, with y [N, C] contiguous, h [N, r] and B [C, r].
+  void (*expand_add_)(at::Tensor& y, const at::Tensor& h, const at::Tensor& B);
+  // The adapter part of backward. With T = scale * G B:
+  //   grad_A = T^T (m∘x) (if want_A), grad_B = G^T hidden (if want_B), and, when
+  //   grad_x is given, grad_x += m∘(T A) in place (grad_x [N, in] contiguous).
+  LoraSkinnyGrads (*backward)(const at::Tensor& grad_out, const at::Tensor& x,
+                              const at::Tensor& hidden, const at::Tensor& A, const at::Tensor& B,
+                              double scale, const DropoutSpec* dropout, at::Tensor* grad_x,
+                              bool want_A, bool want_B);
 };
 
 std::tuple<at::Tensor, at::Tensor> lora_forward(const LoraSkinnyOps& ops, const at::Tensor& x,

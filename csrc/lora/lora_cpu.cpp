@@ -1,11 +1,17 @@
-// CPU backend of the fused LoRA linear: the skinny primitives of lora_compose.h
-// as ATen GEMMs (MKL / oneDNN), with dropout applied block by block from the
-// regenerated mask so that no N x in masked copy of x is ever materialised.
-#include <ATen/ops/addmm.h>
+// CPU backend of the fused LoRA linear (see lora_compose.h for the math).
+//
+// The skinny products are MKL / oneDNN GEMMs on whole matrices (hand-written
+// AVX2 micro-kernels for them measured 1.5x slower than MKL here: see the LoRA
+// issue notes). Without dropout each product is one pass over its operand; with
+// dropout the rows go in blocks whose keep-mask is regenerated once and serves
+// both dA and dx, so no mask or masked copy outlives a block.
+#include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
+
+#include <vector>
 
 #include "common/dropout_cpu.h"
 #include "lora/lora_compose.h"
@@ -13,53 +19,140 @@
 namespace peftcore {
 namespace {
 
-// Calls body(row0, rows) over consecutive row blocks of a [n, cols] matrix.
-template <typename Body>
-void for_row_blocks(int64_t n, int64_t cols, int64_t element_size, const Body& body) {
-  const int64_t block = dropout_block_rows(cols, element_size);
-  for (int64_t row0 = 0; row0 < n; row0 += block) body(row0, std::min(block, n - row0));
+// A dropout mask applied one row block at a time, with buffers reused across blocks.
+class BlockedDropout {
+ public:
+  BlockedDropout(const DropoutSpec& dropout, int64_t n, int64_t cols, const at::Tensor& like)
+      : mask_(make_dropout_mask(dropout.seed, dropout.p)), n_(n), cols_(cols) {
+    // About 1 MiB of the masked operand per block.
+    block_ = std::clamp<int64_t>((int64_t{1} << 20) / std::max<int64_t>(1, cols * like.element_size()),
+                                 64, std::max<int64_t>(n, 64));
+    keep_.resize(std::min(block_, n) * cols);
+    masked_ = at::empty({std::min(block_, n), cols}, like.options());
+  }
+
+  // Calls body(row0, rows) for each block after regenerating its keep flags.
+  template <typename Body>
+  void for_each_block(const Body& body) {
+    for (int64_t row0 = 0; row0 < n_; row0 += block_) {
+      const int64_t rows = std::min(block_, n_ - row0);
+      at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+        fill_keep_flags(mask_, (row0 + r0) * cols_, (r1 - r0) * cols_, keep_.data() + r0 * cols_);
+      });
+      body(row0, rows);
+    }
+  }
+
+  // src ∘ keep for the current block (src: [rows, cols]).
+  at::Tensor masked(const at::Tensor& src) {
+    at::Tensor out = masked_.narrow(0, 0, src.size(0));
+    at::parallel_for(0, src.size(0), 16, [&](int64_t r0, int64_t r1) {
+      at::Tensor dst = out.narrow(0, r0, r1 - r0);
+      masked_copy(src.narrow(0, r0, r1 - r0), keep_.data() + r0 * cols_, dst);
+    });
+    return out;
+  }
+
+  // dst += src ∘ keep for the current block (dst contiguous).
+  void add_masked(at::Tensor& dst, const at::Tensor& src) {
+    at::parallel_for(0, src.size(0), 16, [&](int64_t r0, int64_t r1) {
+      at::Tensor d = dst.narrow(0, r0, r1 - r0);
+      masked_add_(d, src.narrow(0, r0, r1 - r0), keep_.data() + r0 * cols_);
+    });
+  }
+
+ private:
+  DropoutMask mask_;
+  int64_t n_, cols_, block_;
+  std::vector<uint8_t> keep_;
+  at::Tensor masked_;
+};
+
+// out = alpha * x a^T, with out a contiguous [rows, r] (view of a) tensor.
+void skinny_nt(const at::Tensor& x, const at::Tensor& a, double alpha, at::Tensor& out) {
+  at::mm_out(out, x, a.t());
+  out.mul_(alpha);
+}
+
+// acc += t^T x; acc is float32 when t and x are 16-bit.
+void skinny_tn_acc(const at::Tensor& t, const at::Tensor& x, at::Tensor& acc) {
+  if (acc.scalar_type() == x.scalar_type()) {
+    acc.addmm_(t.t(), x);
+  } else {
+    acc.add_(at::mm(t.t(), x));
+  }
+}
+
+at::ScalarType accumulate_type(const at::Tensor& t) {
+  const auto dt = t.scalar_type();
+  return (dt == at::kHalf || dt == at::kBFloat16) ? at::kFloat : dt;
 }
 
 at::Tensor shrink_cpu(const at::Tensor& x, const at::Tensor& A, double scale,
                       const DropoutSpec* dropout) {
-  if (dropout == nullptr) return at::mm(x, A.t()).mul_(scale);
-  const DropoutMask mask = make_dropout_mask(dropout->seed, dropout->p);
   at::Tensor h = at::empty({x.size(0), A.size(0)}, x.options());
-  for_row_blocks(x.size(0), x.size(1), x.element_size(), [&](int64_t row0, int64_t rows) {
-    at::Tensor h_block = h.narrow(0, row0, rows);
-    at::mm_out(h_block, apply_dropout_rows(x.narrow(0, row0, rows), row0, mask), A.t());
-  });
-  return h.mul_(scale);
-}
-
-void expand_add_cpu(at::Tensor& y, const at::Tensor& h, const at::Tensor& Bt,
-                    const DropoutSpec* dropout) {
   if (dropout == nullptr) {
-    y.addmm_(h, Bt.t());
-    return;
+    skinny_nt(x, A, scale, h);
+    return h;
   }
-  const DropoutMask mask = make_dropout_mask(dropout->seed, dropout->p);
-  for_row_blocks(y.size(0), y.size(1), y.element_size(), [&](int64_t row0, int64_t rows) {
-    at::Tensor y_block = y.narrow(0, row0, rows);
-    add_dropout_rows_(y_block, at::mm(h.narrow(0, row0, rows), Bt.t()), row0, mask);
+  BlockedDropout blocks(*dropout, x.size(0), x.size(1), x);
+  blocks.for_each_block([&](int64_t row0, int64_t rows) {
+    at::Tensor h_block = h.narrow(0, row0, rows);
+    skinny_nt(blocks.masked(x.narrow(0, row0, rows)), A, scale, h_block);
   });
+  return h;
 }
 
-at::Tensor reduce_cpu(const at::Tensor& L, const at::Tensor& R, const DropoutSpec* dropout) {
-  if (dropout == nullptr) return at::mm(L.t(), R);
-  const DropoutMask mask = make_dropout_mask(dropout->seed, dropout->p);
-  // Partial products are summed in float32 when the inputs are 16-bit.
-  const bool low = L.scalar_type() == at::kHalf || L.scalar_type() == at::kBFloat16;
-  at::Tensor acc = at::zeros({L.size(1), R.size(1)}, L.options().dtype(low ? at::kFloat : L.scalar_type()));
-  for_row_blocks(R.size(0), R.size(1), R.element_size(), [&](int64_t row0, int64_t rows) {
-    const at::Tensor part =
-        at::mm(L.narrow(0, row0, rows).t(), apply_dropout_rows(R.narrow(0, row0, rows), row0, mask));
-    acc.add_(part);
-  });
-  return low ? acc.to(L.scalar_type()) : acc;
+void expand_add_cpu(at::Tensor& y, const at::Tensor& h, const at::Tensor& B) {
+  y.addmm_(h, B.t());
 }
 
-constexpr LoraSkinnyOps kCpuOps{&shrink_cpu, &expand_add_cpu, &reduce_cpu};
+LoraSkinnyGrads backward_cpu(const at::Tensor& g, const at::Tensor& x, const at::Tensor& hidden,
+                             const at::Tensor& A, const at::Tensor& B, double scale,
+                             const DropoutSpec* dropout, at::Tensor* grad_x, bool want_A,
+                             bool want_B) {
+  const int64_t n = g.size(0), in = x.size(1), out = g.size(1), rank = A.size(0);
+  const auto acc_options = x.options().dtype(accumulate_type(x));
+  at::Tensor grad_a = want_A ? at::zeros({rank, in}, acc_options) : at::Tensor();
+  at::Tensor grad_b_t = want_B ? at::zeros({rank, out}, acc_options) : at::Tensor();
+  const bool need_t = want_A || grad_x != nullptr;
+  const at::Tensor b_rows = need_t ? B.t().contiguous() : at::Tensor();  // [r, out]
+  at::Tensor t = need_t ? at::empty({n, rank}, x.options()) : at::Tensor();
+
+  // One block's worth of the adapter backward; `masked` applies the block's mask.
+  auto block = [&](int64_t row0, int64_t rows, BlockedDropout* masked) {
+    const at::Tensor g_block = g.narrow(0, row0, rows);
+    if (want_B) skinny_tn_acc(hidden.narrow(0, row0, rows), g_block, grad_b_t);
+    if (!need_t) return;
+    at::Tensor t_block = t.narrow(0, row0, rows);
+    skinny_nt(g_block, b_rows, scale, t_block);
+    if (want_A) {
+      const at::Tensor x_block = x.narrow(0, row0, rows);
+      skinny_tn_acc(t_block, masked ? masked->masked(x_block) : x_block, grad_a);
+    }
+    if (grad_x != nullptr) {
+      at::Tensor dx_block = grad_x->narrow(0, row0, rows);
+      if (masked) {
+        masked->add_masked(dx_block, at::mm(t_block, A));
+      } else {
+        dx_block.addmm_(t_block, A);
+      }
+    }
+  };
+  if (dropout == nullptr) {
+    block(0, n, nullptr);
+  } else {
+    BlockedDropout blocks(*dropout, n, in, x);
+    blocks.for_each_block([&](int64_t row0, int64_t rows) { block(row0, rows, &blocks); });
+  }
+
+  LoraSkinnyGrads grads;
+  if (want_A) grads.grad_A = grad_a.to(x.scalar_type());
+  if (want_B) grads.grad_B = grad_b_t.t().contiguous().to(x.scalar_type());
+  return grads;
+}
+
+constexpr LoraSkinnyOps kCpuOps{&shrink_cpu, &expand_add_cpu, &backward_cpu};
 
 std::tuple<at::Tensor, at::Tensor> lora_linear_cpu(
     const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,

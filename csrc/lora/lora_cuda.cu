@@ -51,8 +51,9 @@ at::Tensor shrink_cuda(const at::Tensor& x, const at::Tensor& A, double scale,
   return out;
 }
 
-void expand_add_cuda(at::Tensor& y, const at::Tensor& h, const at::Tensor& Bt,
-                     const DropoutSpec* dropout) {
+// y += m∘(h bt^T), with bt [C, r].
+void expand_add_masked_cuda(at::Tensor& y, const at::Tensor& h, const at::Tensor& Bt,
+                            const DropoutSpec* dropout) {
   TORCH_INTERNAL_ASSERT(y.is_contiguous(), "expand_add_cuda: y must be contiguous");
   const c10::cuda::CUDAGuard guard(y.device());
   if (y.numel() == 0) return;
@@ -94,7 +95,25 @@ at::Tensor reduce_cuda(const at::Tensor& L, const at::Tensor& R, const DropoutSp
   return out;
 }
 
-constexpr LoraSkinnyOps kCudaOps{&shrink_cuda, &expand_add_cuda, &reduce_cuda};
+void expand_add_cuda(at::Tensor& y, const at::Tensor& h, const at::Tensor& B) {
+  expand_add_masked_cuda(y, h, B, nullptr);
+}
+
+// Sequential kernels for now: T, dB, dA and dx each make their own pass.
+LoraSkinnyGrads backward_cuda(const at::Tensor& g, const at::Tensor& x, const at::Tensor& hidden,
+                              const at::Tensor& A, const at::Tensor& B, double scale,
+                              const DropoutSpec* dropout, at::Tensor* grad_x, bool want_A,
+                              bool want_B) {
+  LoraSkinnyGrads grads;
+  if (want_B) grads.grad_B = reduce_cuda(hidden, g, nullptr).t().contiguous();
+  if (!want_A && grad_x == nullptr) return grads;
+  const at::Tensor t = shrink_cuda(g, B.t(), scale, nullptr);
+  if (want_A) grads.grad_A = reduce_cuda(t, x, dropout);
+  if (grad_x != nullptr) expand_add_masked_cuda(*grad_x, t, A.t(), dropout);
+  return grads;
+}
+
+constexpr LoraSkinnyOps kCudaOps{&shrink_cuda, &expand_add_cuda, &backward_cuda};
 
 std::tuple<at::Tensor, at::Tensor> lora_linear_cuda(
     const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
