@@ -5,6 +5,8 @@
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
 
+#include <c10/core/DeviceGuard.h>
+
 #include "lora/lora_checks.h"
 
 namespace peftcore {
@@ -46,6 +48,7 @@ std::tuple<at::Tensor, at::Tensor> lora_forward(const LoraSkinnyOps& ops, const 
                                                 double dropout_p,
                                                 const std::optional<at::Tensor>& dropout_seed) {
   const LoraDims d = check_lora_forward(x, weight, bias, lora_A, lora_B, dropout_p, dropout_seed);
+  const c10::OptionalDeviceGuard guard(x.device());
   const auto spec = make_spec(dropout_p, dropout_seed);
   const at::Tensor x2 = x.reshape({d.rows, d.in});
   const bool has_bias = bias.has_value() && bias->defined();
@@ -69,6 +72,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_back
     const std::optional<at::Tensor>& dropout_seed, std::array<bool, 5> output_mask) {
   const LoraDims d = check_lora_backward(grad_out, x, weight, lora_A, lora_B, lora_hidden,
                                          dropout_p, dropout_seed);
+  const c10::OptionalDeviceGuard guard(x.device());
   const auto spec = make_spec(dropout_p, dropout_seed);
   const at::Tensor g2 = grad_out.reshape({d.rows, d.out});
   const at::Tensor x2 = x.reshape({d.rows, d.in});

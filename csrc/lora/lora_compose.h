@@ -67,4 +67,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_back
     const at::Tensor& lora_hidden, double scaling, double dropout_p,
     const std::optional<at::Tensor>& dropout_seed, std::array<bool, 5> output_mask);
 
+// The two op entry points for a backend whose primitives are `Ops`:
+//   TORCH_LIBRARY_IMPL(peftcore, CPU, m) { register_lora_kernels<kCpuOps>(m); }
+template <const LoraSkinnyOps& Ops>
+std::tuple<at::Tensor, at::Tensor> lora_linear_kernel(
+    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const at::Tensor& lora_A, const at::Tensor& lora_B, double scaling, double dropout_p,
+    const std::optional<at::Tensor>& dropout_seed) {
+  return lora_forward(Ops, x, weight, bias, lora_A, lora_B, scaling, dropout_p, dropout_seed);
+}
+
+template <const LoraSkinnyOps& Ops>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_linear_backward_kernel(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+    const at::Tensor& lora_A, const at::Tensor& lora_B, const at::Tensor& lora_hidden,
+    double scaling, double dropout_p, const std::optional<at::Tensor>& dropout_seed,
+    std::array<bool, 5> output_mask) {
+  return lora_backward(Ops, grad_out, x, weight, lora_A, lora_B, lora_hidden, scaling, dropout_p,
+                       dropout_seed, output_mask);
+}
+
+template <const LoraSkinnyOps& Ops, typename Library>
+void register_lora_kernels(Library& m) {
+  m.impl("lora_linear", &lora_linear_kernel<Ops>);
+  m.impl("lora_linear_backward", &lora_linear_backward_kernel<Ops>);
+}
+
 }  // namespace peftcore

@@ -154,27 +154,8 @@ LoraSkinnyGrads backward_cpu(const at::Tensor& g, const at::Tensor& x, const at:
 
 constexpr LoraSkinnyOps kCpuOps{&shrink_cpu, &expand_add_cpu, &backward_cpu};
 
-std::tuple<at::Tensor, at::Tensor> lora_linear_cpu(
-    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-    const at::Tensor& lora_A, const at::Tensor& lora_B, double scaling, double dropout_p,
-    const std::optional<at::Tensor>& dropout_seed) {
-  return lora_forward(kCpuOps, x, weight, bias, lora_A, lora_B, scaling, dropout_p, dropout_seed);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_linear_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
-    const at::Tensor& lora_A, const at::Tensor& lora_B, const at::Tensor& lora_hidden,
-    double scaling, double dropout_p, const std::optional<at::Tensor>& dropout_seed,
-    std::array<bool, 5> output_mask) {
-  return lora_backward(kCpuOps, grad_out, x, weight, lora_A, lora_B, lora_hidden, scaling,
-                       dropout_p, dropout_seed, output_mask);
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(peftcore, CPU, m) {
-  m.impl("lora_linear", &lora_linear_cpu);
-  m.impl("lora_linear_backward", &lora_linear_backward_cpu);
-}
+TORCH_LIBRARY_IMPL(peftcore, CPU, m) { register_lora_kernels<kCpuOps>(m); }
 
 }  // namespace peftcore

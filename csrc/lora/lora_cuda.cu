@@ -115,29 +115,8 @@ LoraSkinnyGrads backward_cuda(const at::Tensor& g, const at::Tensor& x, const at
 
 constexpr LoraSkinnyOps kCudaOps{&shrink_cuda, &expand_add_cuda, &backward_cuda};
 
-std::tuple<at::Tensor, at::Tensor> lora_linear_cuda(
-    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-    const at::Tensor& lora_A, const at::Tensor& lora_B, double scaling, double dropout_p,
-    const std::optional<at::Tensor>& dropout_seed) {
-  const c10::cuda::CUDAGuard guard(x.device());
-  return lora_forward(kCudaOps, x, weight, bias, lora_A, lora_B, scaling, dropout_p, dropout_seed);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_linear_backward_cuda(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
-    const at::Tensor& lora_A, const at::Tensor& lora_B, const at::Tensor& lora_hidden,
-    double scaling, double dropout_p, const std::optional<at::Tensor>& dropout_seed,
-    std::array<bool, 5> output_mask) {
-  const c10::cuda::CUDAGuard guard(x.device());
-  return lora_backward(kCudaOps, grad_out, x, weight, lora_A, lora_B, lora_hidden, scaling,
-                       dropout_p, dropout_seed, output_mask);
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(peftcore, CUDA, m) {
-  m.impl("lora_linear", &lora_linear_cuda);
-  m.impl("lora_linear_backward", &lora_linear_backward_cuda);
-}
+TORCH_LIBRARY_IMPL(peftcore, CUDA, m) { register_lora_kernels<kCudaOps>(m); }
 
 }  // namespace peftcore
