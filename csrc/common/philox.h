@@ -12,11 +12,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define PEFTCORE_HD __host__ __device__ __forceinline__
-#else
-#define PEFTCORE_HD inline
-#endif
+#include "common/host_device.h"
 
 namespace peftcore {
 

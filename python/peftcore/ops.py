@@ -124,3 +124,25 @@ torch.library.register_autograd(
     _no_double_backward("peftcore::lora_linear_backward"),
     setup_context=lambda ctx, inputs, output: None,
 )
+
+
+# ---------------------------------------------------------------------------- optimizers
+
+
+@torch.library.register_fake("peftcore::multi_tensor_sumsq")
+def _multi_tensor_sumsq_fake(tensors):
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    device = tensors[0].device if tensors else torch.device("cpu")
+    return torch.empty((len(tensors),), dtype=dtype, device=device)
+
+
+@torch.library.register_fake("peftcore::lamb_step_")
+def _lamb_step_fake(params, grads, exp_avgs, exp_avg_sqs, model_params, lr, step, grad_divisor,
+                    found_inf, *args):
+    return None
+
+
+@torch.library.register_fake("peftcore::lars_step_")
+def _lars_step_fake(params, grads, momentum_buffers, model_params, lr, grad_divisor, found_inf,
+                    fresh, *args):
+    return None

@@ -1,0 +1,72 @@
+// Per-element math of the fused LAMB and LARS steps, shared by the CPU and CUDA
+// kernels (no torch headers). C is the compute type: float, or double for
+// float64 parameters. The formulas follow timm's Lamb / Lars (see reference.py).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "common/host_device.h"
+
+namespace peftcore::optim {
+
+PEFTCORE_HD float root(float x) { return sqrtf(x); }
+PEFTCORE_HD double root(double x) { return ::sqrt(x); }
+
+// Scalars of one LAMB step for one parameter group, all in the compute type.
+template <typename C>
+struct LambScalars {
+  C beta1, beta2, beta3;   // beta3 = 1 - beta1 with grad averaging, else 1
+  C bias_correction1;      // 1 - beta1^step (1 without bias correction)
+  C sqrt_bias_correction2; // sqrt(1 - beta2^step)
+  C eps, weight_decay;
+  bool lerp;               // grad averaging: m.lerp_(g, 1 - beta1), as timm does
+};
+
+// u = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps) + wd * p
+template <typename C>
+PEFTCORE_HD C lamb_update(C p, C m, C v, const LambScalars<C>& s) {
+  const C denom = root(v) / s.sqrt_bias_correction2 + s.eps;
+  C u = (m / s.bias_correction1) / denom;
+  if (s.weight_decay != C(0)) u = u + s.weight_decay * p;
+  return u;
+}
+
+// m, v <- moments of the scaled gradient g; returns the update u (before the trust ratio).
+template <typename C>
+PEFTCORE_HD C lamb_moments(C g, C p, C& m, C& v, const LambScalars<C>& s) {
+  if (s.lerp) {
+    m = m + s.beta3 * (g - m);
+  } else {
+    m = m * s.beta1 + s.beta3 * g;
+  }
+  v = v * s.beta2 + (C(1) - s.beta2) * g * g;
+  return lamb_update(p, m, v, s);
+}
+
+// phi(||p||) / ||u||, 1 when either is zero; trust_clip caps it at 1, min_trust floors it.
+template <typename C>
+PEFTCORE_HD C lamb_trust_ratio(C param_norm, C update_norm, C phi_min, C phi_max, bool trust_clip,
+                               C min_trust) {
+  const C w = param_norm < phi_min ? phi_min : (param_norm > phi_max ? phi_max : param_norm);
+  C ratio = (w > C(0) && update_norm > C(0)) ? w / update_norm : C(1);
+  if (trust_clip && ratio > C(1)) ratio = C(1);
+  if (ratio < min_trust) ratio = min_trust;
+  return ratio;
+}
+
+// LARS local rate: trust_coeff ||p|| / (||g|| + wd ||p|| + eps), 1 when a norm is
+// zero; trust_clip (LARC) gives min(ratio / lr, 1).
+template <typename C>
+PEFTCORE_HD C lars_trust_ratio(C param_norm, C grad_norm, C trust_coeff, C weight_decay, C eps,
+                               bool trust_clip, C lr) {
+  C ratio = trust_coeff * param_norm / (grad_norm + param_norm * weight_decay + eps);
+  if (!(param_norm > C(0) && grad_norm > C(0))) ratio = C(1);
+  if (trust_clip) {
+    ratio = ratio / lr;
+    if (ratio > C(1)) ratio = C(1);
+  }
+  return ratio;
+}
+
+}  // namespace peftcore::optim

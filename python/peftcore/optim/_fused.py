@@ -1,0 +1,123 @@
+"""What Lamb and Lars share: per-device tensor lists, master weights, GradScaler hooks."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import ops  # noqa: F401  (registers the fake kernels)
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+class FusedOptimizer(torch.optim.Optimizer):
+    """Base of the fused optimizers.
+
+    GradScaler protocol (as torch's fused Adam): with ``_step_supports_amp_scaling``
+    the scaler sets ``self.grad_scale`` (the loss scale, or None once unscaled) and
+    ``self.found_inf`` before calling ``step()``; the kernels divide gradients by
+    the scale and skip the whole step on device when found_inf is non-zero, so
+    ``step()`` never synchronises with the host.
+    """
+
+    _step_supports_amp_scaling = True
+
+    def __init__(self, params, defaults: dict, master_weights: bool) -> None:
+        super().__init__(params, defaults)
+        self.master_weights = master_weights
+
+    # -- per-step inputs ---------------------------------------------------------------
+    def _amp_inputs(self, device: torch.device) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        """(loss scale or None, found_inf or None) on `device`, from a GradScaler if present."""
+        scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        if scale is not None:
+            scale = scale.to(device=device, dtype=torch.float32, non_blocking=True)
+        if found_inf is not None:
+            found_inf = found_inf.to(device=device, dtype=torch.float32, non_blocking=True)
+        return scale, found_inf
+
+    def _scalar(self, group: dict, key: str, device: torch.device) -> Tensor:
+        """group[key] as a float32 tensor on `device`, kept in the group and refreshed in place."""
+        cache = group.setdefault("_tensors", {})
+        t = cache.get((key, device))
+        value = group[key]
+        if isinstance(value, Tensor):
+            return value.to(device=device, dtype=torch.float32)
+        if t is None:
+            t = cache[(key, device)] = torch.empty((), dtype=torch.float32, device=device)
+        t.fill_(value)
+        return t
+
+    def _group_step(self, group: dict, params: list[Tensor], found_inf: Optional[Tensor]) -> Tensor:
+        """The group's step counter (float32, on the params' device), advanced unless skipped."""
+        device = params[0].device
+        step = None
+        for p in params:
+            s = self.state[p].get("step")
+            if s is not None:
+                step = s
+                break
+        if step is None:
+            step = torch.zeros((), dtype=torch.float32, device=device)
+        elif step.device != device:
+            step = step.to(device)
+        if found_inf is None:
+            step.add_(1)
+        else:
+            step.add_((found_inf == 0).to(step.dtype))
+        for p in params:  # one shared counter per group
+            self.state[p]["step"] = step
+        return step
+
+    def _by_device(self, group: dict, name: str) -> dict[torch.device, list[Tensor]]:
+        """The group's params that have gradients, by device, with validated gradients."""
+        out: dict[torch.device, list[Tensor]] = defaultdict(list)
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{name} does not support sparse gradients (parameter of shape "
+                                   f"{tuple(p.shape)}); use a dense gradient")
+            out[p.device].append(p)
+        return out
+
+    def _master(self, p: Tensor) -> Optional[Tensor]:
+        """The float32 master copy of a 16-bit parameter, when master weights are on."""
+        if not (self.master_weights and p.dtype in LOW_PRECISION):
+            return None
+        state = self.state[p]
+        if "master" not in state:
+            state["master"] = p.detach().float()
+        return state["master"]
+
+    def _state_tensor(self, p: Tensor, key: str) -> Tensor:
+        state = self.state[p]
+        if key not in state:
+            dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
+            state[key] = torch.zeros(p.shape, dtype=dtype, device=p.device)
+        return state[key]
+
+    def _lists(self, params: list[Tensor]):
+        """(kernel params, grads, model params to refresh) for one device: master weights
+        split into their own launch so every launch has one dtype layout."""
+        plain, masters, models, m_grads, grads = [], [], [], [], []
+        for p in params:
+            master = self._master(p)
+            g = p.grad if p.grad.is_contiguous() else p.grad.contiguous()
+            if master is None:
+                plain.append(p)
+                grads.append(g)
+            else:
+                masters.append(master)
+                models.append(p)
+                m_grads.append(g)
+        batches = []
+        if plain:
+            batches.append((plain, grads, [], plain))
+        if masters:
+            batches.append((masters, m_grads, models, models))
+        return batches

@@ -1,0 +1,132 @@
+"""peftcore.optim.Lamb: LAMB in two fused multi-tensor passes per step."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from ._fused import FusedOptimizer
+
+_ops = torch.ops.peftcore
+
+
+class Lamb(FusedOptimizer):
+    r"""LAMB (You et al., "Large Batch Optimization for Deep Learning: Training BERT in
+    76 minutes", 2019), with timm's ``Lamb`` defaults and semantics.
+
+    Per step, with ``g`` the gradient divided by the global clipping factor
+    ``max(||g||_global / max_grad_norm, 1)``:
+
+    .. math::
+        m = \beta_1 m + (1-\beta_1) g,\quad v = \beta_2 v + (1-\beta_2) g^2,\quad
+        u = \frac{m / (1-\beta_1^t)}{\sqrt{v} / \sqrt{1-\beta_2^t} + \epsilon} + wd\,p,\quad
+        p \leftarrow p - lr\, r\, u
+
+    with the trust ratio ``r = phi(||p||) / ||u||`` (``phi`` clamps to
+    ``[phi_min, phi_max]``; ``r = 1`` when either norm is zero; ``trust_clip`` caps
+    it at 1; ``min_trust`` floors it) applied when the group's ``weight_decay != 0``
+    or ``always_adapt`` (or the group's ``adapt`` key says so), else ``r = 1``.
+
+    Differences from timm: ``phi_min``/``phi_max``/``min_trust``, a per-group
+    ``adapt`` override, fp32 master weights, GradScaler support without host
+    synchronisation; no ``caution``/``decoupled_decay``. From apex FusedLAMB:
+    ``max_grad_norm=0`` disables clipping (apex divides by zero), the ratio is
+    skipped for wd=0 groups unless ``always_adapt`` (apex's ``use_nvlamb``), and the
+    default ``eps`` is 1e-6. From torch-optimizer's Lamb: bias correction is on by
+    default, ``u`` includes weight decay before the ratio, and the ratio uses
+    ``||p||`` unclamped (torch-optimizer clamps to [0, 10]).
+
+    LoRA: ``lora_B`` starts at zero, so on its first step ``||p|| = 0`` and ``r = 1``
+    (a plain Adam step of size ``lr``); afterwards ``r = ||B|| / ||u||`` is small while
+    B is small, which slows B's growth. ``min_trust`` (e.g. 1.0 caps nothing but
+    floors the ratio), ``phi_min`` or an ``adapt=False`` group (see
+    ``peftcore.optim.param_groups(exclude_from_layer_adaptation=...)``) keep it learning.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        bias_correction: bool = True,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.01,
+        grad_averaging: bool = True,
+        max_grad_norm: Optional[float] = 1.0,
+        trust_clip: bool = False,
+        always_adapt: bool = False,
+        phi_min: float = 0.0,
+        phi_max: float = math.inf,
+        min_trust: float = 0.0,
+        master_weights: bool = False,
+    ) -> None:
+        if not lr >= 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not eps >= 0.0:
+            raise ValueError(f"Invalid epsilon: {eps}")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"Invalid betas: {betas}")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"Invalid weight_decay: {weight_decay}")
+        if not 0.0 <= phi_min <= phi_max:
+            raise ValueError(f"Need 0 <= phi_min <= phi_max, got {phi_min}, {phi_max}")
+        defaults = dict(lr=lr, bias_correction=bias_correction, betas=betas, eps=eps,
+                        weight_decay=weight_decay, grad_averaging=grad_averaging,
+                        max_grad_norm=max_grad_norm, trust_clip=trust_clip,
+                        always_adapt=always_adapt, phi_min=phi_min, phi_max=phi_max,
+                        min_trust=min_trust, adapt=None)
+        super().__init__(params, defaults, master_weights)
+
+    def _grad_divisors(self) -> dict[torch.device, torch.Tensor]:
+        """Per device: loss scale x global clipping factor, computed on device (no sync)."""
+        max_norm = self.defaults["max_grad_norm"]
+        by_device: dict[torch.device, list] = {}
+        for group in self.param_groups:
+            for device, params in self._by_device(group, "Lamb").items():
+                by_device.setdefault(device, []).extend(p.grad for p in params)
+        divisors = {}
+        sumsq_total = None
+        for device, grads in by_device.items():
+            scale, _ = self._amp_inputs(device)
+            divisors[device] = scale if scale is not None else torch.ones((), device=device)
+            if max_norm:  # None or 0 disables clipping
+                s = _ops.multi_tensor_sumsq(grads).sum().float()
+                s = s.to(next(iter(by_device)))
+                sumsq_total = s if sumsq_total is None else sumsq_total + s
+        if max_norm and sumsq_total is not None:
+            for device in divisors:
+                scale = divisors[device]
+                norm = sumsq_total.to(device).sqrt() / scale  # the unscaled gradient's norm
+                clip = (norm / max_norm).clamp(min=1.0)
+                divisors[device] = clip * scale
+        return divisors
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        divisors = self._grad_divisors()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            adapt = group["adapt"]
+            if adapt is None:
+                adapt = group["weight_decay"] != 0 or group["always_adapt"]
+            for device, params in self._by_device(group, "Lamb").items():
+                _, found_inf = self._amp_inputs(device)
+                step = self._group_step(group, params, found_inf)
+                lr = self._scalar(group, "lr", device)
+                for kparams, grads, models, keys in self._lists(params):
+                    _ops.lamb_step_(
+                        kparams, grads,
+                        [self._state_tensor(p, "exp_avg") for p in keys],
+                        [self._state_tensor(p, "exp_avg_sq") for p in keys],
+                        models, lr, step, divisors[device], found_inf,
+                        beta1, beta2, group["eps"], group["weight_decay"],
+                        group["bias_correction"], group["grad_averaging"], bool(adapt),
+                        group["trust_clip"], group["phi_min"], group["phi_max"], group["min_trust"],
+                    )
+        return loss
