@@ -54,6 +54,7 @@ LambScalars<C> lamb_scalars(double step, double beta1, double beta2, double eps,
   s.beta1 = static_cast<C>(beta1);
   s.beta2 = static_cast<C>(beta2);
   s.beta3 = static_cast<C>(grad_averaging ? 1.0 - beta1 : 1.0);
+  s.one_minus_beta2 = static_cast<C>(1.0 - beta2);
   s.lerp = grad_averaging;
   s.bias_correction1 = static_cast<C>(bias_correction ? 1.0 - std::pow(beta1, step) : 1.0);
   s.sqrt_bias_correction2 =

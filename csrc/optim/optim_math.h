@@ -17,6 +17,7 @@ PEFTCORE_HD double root(double x) { return ::sqrt(x); }
 template <typename C>
 struct LambScalars {
   C beta1, beta2, beta3;   // beta3 = 1 - beta1 with grad averaging, else 1
+  C one_minus_beta2;       // rounded from double, as torch rounds `1 - beta2` (not 1.f - beta2)
   C bias_correction1;      // 1 - beta1^step (1 without bias correction)
   C sqrt_bias_correction2; // sqrt(1 - beta2^step)
   C eps, weight_decay;
@@ -40,7 +41,7 @@ PEFTCORE_HD C lamb_moments(C g, C p, C& m, C& v, const LambScalars<C>& s) {
   } else {
     m = m * s.beta1 + s.beta3 * g;
   }
-  v = v * s.beta2 + (C(1) - s.beta2) * g * g;
+  v = v * s.beta2 + s.one_minus_beta2 * g * g;
   return lamb_update(p, m, v, s);
 }
 
