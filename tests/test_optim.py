@@ -312,6 +312,21 @@ def test_bf16_params_with_master_weights():
         assert torch.equal(p, state["master"].to(torch.bfloat16))
 
 
+def test_bf16_state_dict_keeps_float32_state():
+    model = mlp().to(torch.bfloat16)
+    opt = Lamb(model.parameters(), master_weights=True)
+    model(torch.randn(4, 16, dtype=torch.bfloat16)).float().sum().backward()
+    opt.step()
+    fresh = Lamb(model.parameters(), master_weights=True)
+    fresh.load_state_dict(opt.state_dict())
+    for p in model.parameters():
+        for key in ("exp_avg", "exp_avg_sq", "master"):
+            assert fresh.state[p][key].dtype == torch.float32
+            assert torch.equal(fresh.state[p][key], opt.state[p][key])
+    model(torch.randn(4, 16, dtype=torch.bfloat16)).float().sum().backward()
+    fresh.step()
+
+
 def test_bf16_params_without_master_match_reference():
     params, grads, _, _ = random_lists(5, dtype=torch.bfloat16)
     m = [torch.zeros(p.shape) for p in params]

@@ -16,6 +16,7 @@
 
 #include "optim/multi_tensor_cpu.h"
 #include "optim/optim_checks.h"
+#include "optim/optim_dispatch.h"
 #include "optim/optim_math.h"
 
 namespace peftcore {
@@ -29,23 +30,8 @@ bool skip_step(const std::optional<at::Tensor>& found_inf) {
   return found_inf.has_value() && scalar_value(*found_inf) != 0.0;
 }
 
-// Calls body.template operator()<P, G>() for the (param, grad) dtype pair of tensor i.
-template <typename Body>
-void dispatch_param_grad(const at::Tensor& p, const at::Tensor& g, const Body& body) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "param", [&] {
-    using P = scalar_t;
-    if (g.scalar_type() == p.scalar_type()) {
-      body.template operator()<P, P>();
-    } else {
-      AT_DISPATCH_REDUCED_FLOATING_TYPES(g.scalar_type(), "grad", [&] {
-        if constexpr (std::is_same_v<P, float>) body.template operator()<P, scalar_t>();
-      });
-    }
-  });
-}
-
 template <typename P>
-using Compute = std::conditional_t<std::is_same_v<P, double>, double, float>;
+using Compute = OptimCompute<P>;
 
 template <typename C>
 LambScalars<C> lamb_scalars(double step, double beta1, double beta2, double eps, double weight_decay,
@@ -101,7 +87,7 @@ void lamb_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
 
   // Pass 1: moments, and the norms of p and u.
   parallel_chunks(chunks, [&](int64_t ci, const TensorChunk& c) {
-    dispatch_param_grad(params[c.tensor], grads[c.tensor], [&]<typename P, typename G>() {
+    dispatch_param_grad(params[c.tensor].scalar_type(), grads[c.tensor].scalar_type(), [&]<typename P, typename G>() {
       using C = Compute<P>;
       const auto s = lamb_scalars<C>(step_v, beta1, beta2, eps, weight_decay, bias_correction, grad_averaging);
       const C div = static_cast<C>(div_v);
@@ -128,7 +114,7 @@ void lamb_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
 
   // Pass 2: p -= lr * ratio * u, with u recomputed from (p, m, v).
   parallel_chunks(chunks, [&](int64_t, const TensorChunk& c) {
-    dispatch_param_grad(params[c.tensor], params[c.tensor], [&]<typename P, typename>() {
+    dispatch_param_grad(params[c.tensor].scalar_type(), params[c.tensor].scalar_type(), [&]<typename P, typename>() {
       using C = Compute<P>;
       const auto s = lamb_scalars<C>(step_v, beta1, beta2, eps, weight_decay, bias_correction, grad_averaging);
       const C ratio = adapt ? optim::lamb_trust_ratio<C>(std::sqrt(p_norm2[c.tensor]), std::sqrt(u_norm2[c.tensor]),
@@ -163,7 +149,7 @@ void lars_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList m
   if (adapt) {
     std::vector<double> param_sq(chunks.size()), grad_sq(chunks.size());
     parallel_chunks(chunks, [&](int64_t ci, const TensorChunk& c) {
-      dispatch_param_grad(params[c.tensor], grads[c.tensor], [&]<typename P, typename G>() {
+      dispatch_param_grad(params[c.tensor].scalar_type(), grads[c.tensor].scalar_type(), [&]<typename P, typename G>() {
         const P* p = params[c.tensor].const_data_ptr<P>() + c.begin;
         const G* g = grads[c.tensor].const_data_ptr<G>() + c.begin;
         param_sq[ci] = lane_sum(c.end - c.begin, [&](int64_t k) {
@@ -180,7 +166,7 @@ void lars_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList m
     g_norm2 = per_tensor_totals(chunks, grad_sq, params.size());
   }
   parallel_chunks(chunks, [&](int64_t, const TensorChunk& c) {
-    dispatch_param_grad(params[c.tensor], grads[c.tensor], [&]<typename P, typename G>() {
+    dispatch_param_grad(params[c.tensor].scalar_type(), grads[c.tensor].scalar_type(), [&]<typename P, typename G>() {
       using C = Compute<P>;
       const C ratio = adapt ? optim::lars_trust_ratio<C>(std::sqrt(p_norm2[c.tensor]), std::sqrt(g_norm2[c.tensor]),
                                                          trust_coeff, weight_decay, eps, trust_clip, lr_v)

@@ -29,6 +29,19 @@ class FusedOptimizer(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.master_weights = master_weights
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's loader casts every state tensor to its parameter's dtype; the
+        moments and master weights of 16-bit parameters must stay float32, so they
+        are restored from the checkpoint with their own dtype (on the param's device)."""
+        saved = state_dict["state"]
+        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        super().load_state_dict(state_dict)
+        for pid, p in zip(ids, params):
+            for key, value in saved.get(pid, {}).items():
+                if key != "step" and isinstance(value, Tensor):
+                    self.state[p][key] = value.to(device=p.device, copy=True)
+
     # -- per-step inputs ---------------------------------------------------------------
     def _amp_inputs(self, device: torch.device) -> tuple[Optional[Tensor], Optional[Tensor]]:
         """(loss scale or None, found_inf or None) on `device`, from a GradScaler if present."""

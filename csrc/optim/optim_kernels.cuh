@@ -1,0 +1,255 @@
+// Device code of the multi-tensor optimizer steps (no torch headers).
+//
+// Multi-tensor apply, apex-style: tensors are cut into chunks of kChunk elements;
+// one block handles one chunk, and the (tensor, chunk) of every block travels in
+// the kernel's parameters (ListMeta), so a launch needs no host-to-device copy
+// and can be captured in a CUDA graph. Per-chunk partial norms go to a buffer
+// indexed by a global chunk number; chunk_totals_kernel adds them per tensor in
+// chunk order, so norms are deterministic. Scalars that change every step (lr,
+// step, the gradient divisor, found_inf) are read from device memory.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "optim/optim_math.h"
+
+namespace peftcore::optim_kernels {
+
+constexpr int kChunk = 65536;
+constexpr int kThreads = 512;
+constexpr int kMaxTensors = 32;
+constexpr int kMaxBlocks = 256;
+constexpr int kTotalsBatch = 256;
+
+template <int Depth>
+struct ListMeta {
+  void* ptr[Depth][kMaxTensors];
+  int64_t numel[kMaxTensors];
+  int32_t global_tensor[kMaxTensors];
+  uint8_t flag[kMaxTensors];  // per-tensor bit (LARS: fresh momentum buffer)
+  uint8_t block_tensor[kMaxBlocks];
+  int32_t block_chunk[kMaxBlocks];
+  int32_t block_global_chunk[kMaxBlocks];
+};
+
+struct TotalsMeta {
+  int32_t first_chunk[kTotalsBatch];
+  int32_t n_chunks[kTotalsBatch];
+  int32_t count;
+  int32_t tensor_base;
+};
+
+struct LambHyper {
+  double beta1, beta2, eps, weight_decay, phi_min, phi_max, min_trust;
+  bool bias_correction, grad_averaging, adapt, trust_clip;
+};
+
+struct LarsHyper {
+  double momentum, dampening, weight_decay, trust_coeff, eps;
+  bool nesterov, trust_clip, adapt, use_momentum;
+};
+
+// Sum over the block; the result is valid in thread 0. `scratch` holds 32 values.
+template <typename T>
+__device__ T block_sum(T v, T* scratch) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = threadIdx.x < (blockDim.x >> 5) ? scratch[lane] : T(0);
+  if (warp == 0) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+  }
+  return v;
+}
+
+__device__ __forceinline__ bool skipped(const float* found_inf) {
+  return found_inf != nullptr && *found_inf != 0.f;
+}
+
+template <typename C>
+__device__ optim::LambScalars<C> lamb_scalars(const LambHyper& h, float step) {
+  optim::LambScalars<C> s;
+  s.beta1 = static_cast<C>(h.beta1);
+  s.beta2 = static_cast<C>(h.beta2);
+  s.beta3 = static_cast<C>(h.grad_averaging ? 1.0 - h.beta1 : 1.0);
+  s.one_minus_beta2 = static_cast<C>(1.0 - h.beta2);
+  s.lerp = h.grad_averaging;
+  const double t = static_cast<double>(step);
+  s.bias_correction1 = static_cast<C>(h.bias_correction ? 1.0 - pow(h.beta1, t) : 1.0);
+  s.sqrt_bias_correction2 = static_cast<C>(h.bias_correction ? sqrt(1.0 - pow(h.beta2, t)) : 1.0);
+  s.eps = static_cast<C>(h.eps);
+  s.weight_decay = static_cast<C>(h.weight_decay);
+  return s;
+}
+
+// The element range of this block's chunk.
+template <int Depth>
+__device__ __forceinline__ void block_range(const ListMeta<Depth>& meta, int& t, int64_t& begin,
+                                            int64_t& end) {
+  t = meta.block_tensor[blockIdx.x];
+  begin = static_cast<int64_t>(meta.block_chunk[blockIdx.x]) * kChunk;
+  end = begin + kChunk < meta.numel[t] ? begin + kChunk : meta.numel[t];
+}
+
+// ---------------------------------------------------------------- sums of squares
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    sumsq_kernel(ListMeta<1> meta, double* partial, int64_t total_chunks) {
+  using C = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
+  __shared__ C scratch[32];
+  int t;
+  int64_t begin, end;
+  block_range(meta, t, begin, end);
+  const T* x = static_cast<const T*>(meta.ptr[0][t]);
+  C acc = 0;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    const C v = static_cast<C>(x[i]);
+    acc += v * v;
+  }
+  acc = block_sum(acc, scratch);
+  if (threadIdx.x == 0) partial[meta.block_global_chunk[blockIdx.x]] = acc;
+}
+
+// totals[r][tensor] = Σ_chunks partial[r][chunk], for `rows` rows of partials.
+__global__ void chunk_totals_kernel(const double* partial, int64_t total_chunks, double* totals,
+                                    int64_t n_tensors, int rows, TotalsMeta meta) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= meta.count) return;
+  for (int r = 0; r < rows; ++r) {
+    double s = 0.0;
+    for (int k = 0; k < meta.n_chunks[i]; ++k) s += partial[r * total_chunks + meta.first_chunk[i] + k];
+    totals[r * n_tensors + meta.tensor_base + i] = s;
+  }
+}
+
+// ---------------------------------------------------------------- LAMB
+// Pass 1 (p, g, m, v): moments; partial[0] = ||p||^2, partial[1] = ||u||^2 per chunk.
+template <typename P, typename G, typename C>
+__global__ void __launch_bounds__(kThreads)
+    lamb_moments_kernel(ListMeta<4> meta, double* partial, int64_t total_chunks, const float* step,
+                        const float* divisor, const float* found_inf, LambHyper h) {
+  __shared__ C scratch[32];
+  if (skipped(found_inf)) return;
+  int t;
+  int64_t begin, end;
+  block_range(meta, t, begin, end);
+  const P* p = static_cast<const P*>(meta.ptr[0][t]);
+  const G* g = static_cast<const G*>(meta.ptr[1][t]);
+  C* m = static_cast<C*>(meta.ptr[2][t]);
+  C* v = static_cast<C*>(meta.ptr[3][t]);
+  const auto s = lamb_scalars<C>(h, *step);
+  const C div = static_cast<C>(*divisor);
+  C psq = 0, usq = 0;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    const C pi = static_cast<C>(p[i]);
+    C mi = m[i], vi = v[i];
+    const C u = optim::lamb_moments(static_cast<C>(g[i]) / div, pi, mi, vi, s);
+    m[i] = mi;
+    v[i] = vi;
+    psq += pi * pi;
+    usq += u * u;
+  }
+  psq = block_sum(psq, scratch);
+  usq = block_sum(usq, scratch);
+  if (threadIdx.x == 0) {
+    partial[meta.block_global_chunk[blockIdx.x]] = psq;
+    partial[total_chunks + meta.block_global_chunk[blockIdx.x]] = usq;
+  }
+}
+
+// Pass 2 (p, m, v): p -= lr * ratio * u with the per-tensor norms of pass 1.
+template <typename P, typename C>
+__global__ void __launch_bounds__(kThreads)
+    lamb_apply_kernel(ListMeta<3> meta, const double* totals, int64_t n_tensors, const float* lr,
+                      const float* step, const float* found_inf, LambHyper h) {
+  if (skipped(found_inf)) return;
+  int t;
+  int64_t begin, end;
+  block_range(meta, t, begin, end);
+  P* p = static_cast<P*>(meta.ptr[0][t]);
+  const C* m = static_cast<const C*>(meta.ptr[1][t]);
+  const C* v = static_cast<const C*>(meta.ptr[2][t]);
+  const auto s = lamb_scalars<C>(h, *step);
+  const int gt = meta.global_tensor[t];
+  const C ratio = h.adapt ? optim::lamb_trust_ratio<C>(
+                                static_cast<C>(sqrt(totals[gt])), static_cast<C>(sqrt(totals[n_tensors + gt])),
+                                static_cast<C>(h.phi_min), static_cast<C>(h.phi_max), h.trust_clip,
+                                static_cast<C>(h.min_trust))
+                          : C(1);
+  const C neg_lr = -static_cast<C>(*lr);
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    const C pi = static_cast<C>(p[i]);
+    const C u = optim::lamb_update(pi, m[i], v[i], s) * ratio;
+    p[i] = static_cast<P>(pi + neg_lr * u);
+  }
+}
+
+// ---------------------------------------------------------------- LARS
+// Norms (p, g): partial[0] = ||p||^2, partial[1] = ||g / divisor||^2 per chunk.
+template <typename P, typename G, typename C>
+__global__ void __launch_bounds__(kThreads)
+    lars_norms_kernel(ListMeta<2> meta, double* partial, int64_t total_chunks, const float* divisor,
+                      const float* found_inf) {
+  __shared__ C scratch[32];
+  if (skipped(found_inf)) return;
+  int t;
+  int64_t begin, end;
+  block_range(meta, t, begin, end);
+  const P* p = static_cast<const P*>(meta.ptr[0][t]);
+  const G* g = static_cast<const G*>(meta.ptr[1][t]);
+  const C div = static_cast<C>(*divisor);
+  C psq = 0, gsq = 0;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    const C pi = static_cast<C>(p[i]), gi = static_cast<C>(g[i]) / div;
+    psq += pi * pi;
+    gsq += gi * gi;
+  }
+  psq = block_sum(psq, scratch);
+  gsq = block_sum(gsq, scratch);
+  if (threadIdx.x == 0) {
+    partial[meta.block_global_chunk[blockIdx.x]] = psq;
+    partial[total_chunks + meta.block_global_chunk[blockIdx.x]] = gsq;
+  }
+}
+
+// Update (p, g, buf): trust ratio, momentum, p -= lr * d. meta.flag marks fresh buffers.
+template <typename P, typename G, typename C>
+__global__ void __launch_bounds__(kThreads)
+    lars_update_kernel(ListMeta<3> meta, const double* totals, int64_t n_tensors, const float* lr,
+                       const float* divisor, const float* found_inf, LarsHyper h) {
+  if (skipped(found_inf)) return;
+  int t;
+  int64_t begin, end;
+  block_range(meta, t, begin, end);
+  P* p = static_cast<P*>(meta.ptr[0][t]);
+  const G* g = static_cast<const G*>(meta.ptr[1][t]);
+  C* buf = static_cast<C*>(meta.ptr[2][t]);
+  const int gt = meta.global_tensor[t];
+  const C lr_v = static_cast<C>(*lr), div = static_cast<C>(*divisor);
+  const C ratio = h.adapt ? optim::lars_trust_ratio<C>(
+                                static_cast<C>(sqrt(totals[gt])), static_cast<C>(sqrt(totals[n_tensors + gt])),
+                                static_cast<C>(h.trust_coeff), static_cast<C>(h.weight_decay),
+                                static_cast<C>(h.eps), h.trust_clip, lr_v)
+                          : C(1);
+  const C wd = static_cast<C>(h.weight_decay), mom = static_cast<C>(h.momentum);
+  const C damp = static_cast<C>(1.0 - h.dampening);
+  const bool first = meta.flag[t] != 0;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    const C pi = static_cast<C>(p[i]);
+    C d = static_cast<C>(g[i]) / div;
+    if (h.adapt) d = (d + wd * pi) * ratio;
+    if (h.use_momentum) {
+      const C b = first ? d : buf[i] * mom + damp * d;
+      buf[i] = b;
+      d = h.nesterov ? d + mom * b : b;
+    }
+    p[i] = static_cast<P>(pi - lr_v * d);
+  }
+}
+
+}  // namespace peftcore::optim_kernels
