@@ -16,6 +16,7 @@
 
 #include "optim/multi_tensor_cpu.h"
 #include "optim/optim_checks.h"
+#include "optim/optim_cpu_kernels.h"
 #include "optim/optim_dispatch.h"
 #include "optim/optim_math.h"
 
@@ -23,6 +24,25 @@ namespace peftcore {
 namespace {
 
 using optim::LambScalars;
+
+// The float32 or float64 entry points of the capability-dispatched loops.
+template <typename C>
+struct FastKernels {
+  void (*lamb_moments)(const C*, const C*, C*, C*, int64_t, C, const LambScalars<C>&, double*, double*);
+  void (*lamb_apply)(C*, const C*, const C*, int64_t, const LambScalars<C>&, C, C);
+  void (*lars_norms)(const C*, const C*, int64_t, C, double*, double*);
+  void (*lars_update)(C*, const C*, C*, int64_t, const LarsScalars<C>&);
+};
+
+template <typename C>
+FastKernels<C> fast_kernels() {
+  const OptimCpuKernels& k = optim_cpu_kernels();
+  if constexpr (std::is_same_v<C, float>) {
+    return {k.lamb_moments_f32, k.lamb_apply_f32, k.lars_norms_f32, k.lars_update_f32};
+  } else {
+    return {k.lamb_moments_f64, k.lamb_apply_f64, k.lars_norms_f64, k.lars_update_f64};
+  }
+}
 
 double scalar_value(const at::Tensor& t) { return t.to(at::kDouble).item<double>(); }
 
@@ -73,6 +93,35 @@ at::Tensor multi_tensor_sumsq_cpu(at::TensorList tensors) {
   return any_double ? out : out.to(at::kFloat);
 }
 
+// The per-chunk loops below keep kLanes independent partial sums so that the
+// compiler vectorises them (a single running sum would have to stay scalar); lane
+// sums are flushed to float64 every kFlush elements to bound rounding growth.
+constexpr int kLanes = 16;
+constexpr int64_t kFlush = 1024;
+
+template <typename C, typename Body>
+void lane_loop(int64_t n, double& sum_a, double& sum_b, const Body& body) {
+  C a[kLanes], b[kLanes];
+  int64_t i = 0;
+  while (i + kLanes <= n) {
+    for (int j = 0; j < kLanes; ++j) a[j] = b[j] = C(0);
+    const int64_t stop = std::min(n - kLanes + 1, i + kFlush);
+    for (; i < stop; i += kLanes) {
+      for (int j = 0; j < kLanes; ++j) body(i + j, a[j], b[j]);
+    }
+    for (int j = 0; j < kLanes; ++j) {
+      sum_a += a[j];
+      sum_b += b[j];
+    }
+  }
+  for (; i < n; ++i) {
+    C ta = 0, tb = 0;
+    body(i, ta, tb);
+    sum_a += ta;
+    sum_b += tb;
+  }
+}
+
 void lamb_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                    at::TensorList exp_avg_sqs, at::TensorList model_params, const at::Tensor& lr,
                    const at::Tensor& step, const at::Tensor& grad_divisor,
@@ -96,14 +145,19 @@ void lamb_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
       C* m = exp_avgs[c.tensor].mutable_data_ptr<C>() + c.begin;
       C* v = exp_avg_sqs[c.tensor].mutable_data_ptr<C>() + c.begin;
       double psq = 0.0, usq = 0.0;
-      for (int64_t k = 0; k < c.end - c.begin; ++k) {
-        const C pk = static_cast<C>(p[k]);
-        C mk = m[k], vk = v[k];
-        const C u = optim::lamb_moments(static_cast<C>(g[k]) / div, pk, mk, vk, s);
-        m[k] = mk;
-        v[k] = vk;
-        psq += static_cast<double>(pk) * pk;
-        usq += static_cast<double>(u) * u;
+      const int64_t n = c.end - c.begin;
+      if constexpr (std::is_same_v<P, G> && std::is_same_v<P, C>) {  // float32 / float64
+        fast_kernels<C>().lamb_moments(p, g, m, v, n, div, s, &psq, &usq);
+      } else {
+        lane_loop<C>(n, psq, usq, [&](int64_t k, C& pa, C& ua) {
+          const C pk = static_cast<C>(p[k]);
+          C mk = m[k], vk = v[k];
+          const C u = optim::lamb_moments(static_cast<C>(g[k]) / div, pk, mk, vk, s);
+          m[k] = mk;
+          v[k] = vk;
+          pa += pk * pk;
+          ua += u * u;
+        });
       }
       param_sq[ci] = psq;
       update_sq[ci] = usq;
@@ -124,10 +178,14 @@ void lamb_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
       P* p = params[c.tensor].mutable_data_ptr<P>() + c.begin;
       const C* m = exp_avgs[c.tensor].const_data_ptr<C>() + c.begin;
       const C* v = exp_avg_sqs[c.tensor].const_data_ptr<C>() + c.begin;
-      for (int64_t k = 0; k < c.end - c.begin; ++k) {
-        const C pk = static_cast<C>(p[k]);
-        const C u = optim::lamb_update(pk, m[k], v[k], s) * ratio;
-        p[k] = static_cast<P>(pk + neg_lr * u);
+      if constexpr (std::is_same_v<P, C>) {
+        fast_kernels<C>().lamb_apply(p, m, v, c.end - c.begin, s, ratio, neg_lr);
+      } else {
+        for (int64_t k = 0; k < c.end - c.begin; ++k) {
+          const C pk = static_cast<C>(p[k]);
+          const C u = optim::lamb_update(pk, m[k], v[k], s) * ratio;
+          p[k] = static_cast<P>(pk + neg_lr * u);
+        }
       }
     });
   });
@@ -150,16 +208,23 @@ void lars_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList m
     std::vector<double> param_sq(chunks.size()), grad_sq(chunks.size());
     parallel_chunks(chunks, [&](int64_t ci, const TensorChunk& c) {
       dispatch_param_grad(params[c.tensor].scalar_type(), grads[c.tensor].scalar_type(), [&]<typename P, typename G>() {
+        using C = Compute<P>;
         const P* p = params[c.tensor].const_data_ptr<P>() + c.begin;
         const G* g = grads[c.tensor].const_data_ptr<G>() + c.begin;
-        param_sq[ci] = lane_sum(c.end - c.begin, [&](int64_t k) {
-          const double v = static_cast<double>(p[k]);
-          return v * v;
-        });
-        grad_sq[ci] = lane_sum(c.end - c.begin, [&](int64_t k) {
-          const double v = static_cast<double>(g[k]) / div_v;
-          return v * v;
-        });
+        double psq = 0.0, gsq = 0.0;
+        const C div = static_cast<C>(div_v);
+        const int64_t n = c.end - c.begin;
+        if constexpr (std::is_same_v<P, G> && std::is_same_v<P, C>) {
+          fast_kernels<C>().lars_norms(p, g, n, div, &psq, &gsq);
+        } else {
+          lane_loop<C>(n, psq, gsq, [&](int64_t k, C& pa, C& ga) {
+            const C pk = static_cast<C>(p[k]), gk = static_cast<C>(g[k]) / div;
+            pa += pk * pk;
+            ga += gk * gk;
+          });
+        }
+        param_sq[ci] = psq;
+        grad_sq[ci] = gsq;
       });
     });
     p_norm2 = per_tensor_totals(chunks, param_sq, params.size());
@@ -171,22 +236,33 @@ void lars_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList m
       const C ratio = adapt ? optim::lars_trust_ratio<C>(std::sqrt(p_norm2[c.tensor]), std::sqrt(g_norm2[c.tensor]),
                                                          trust_coeff, weight_decay, eps, trust_clip, lr_v)
                             : C(1);
-      const C wd = static_cast<C>(weight_decay), mom = static_cast<C>(momentum);
-      const C damp = static_cast<C>(1.0 - dampening), div = static_cast<C>(div_v);
-      const C neg_lr = static_cast<C>(-lr_v);
-      const bool first = use_momentum && fresh.get(c.tensor);
+      LarsScalars<C> ls;
+      ls.ratio = ratio;
+      ls.weight_decay = static_cast<C>(weight_decay);
+      ls.momentum = static_cast<C>(momentum);
+      ls.one_minus_dampening = static_cast<C>(1.0 - dampening);
+      ls.divisor = static_cast<C>(div_v);
+      ls.neg_lr = static_cast<C>(-lr_v);
+      ls.adapt = adapt;
+      ls.use_momentum = use_momentum;
+      ls.first = use_momentum && fresh.get(c.tensor);
+      ls.nesterov = nesterov;
       P* p = params[c.tensor].mutable_data_ptr<P>() + c.begin;
       const G* g = grads[c.tensor].const_data_ptr<G>() + c.begin;
       C* buf = use_momentum ? momentum_buffers[c.tensor].mutable_data_ptr<C>() + c.begin : nullptr;
-      for (int64_t k = 0; k < c.end - c.begin; ++k) {
-        const C pk = static_cast<C>(p[k]);
-        C d = static_cast<C>(g[k]) / div;
-        if (adapt) d = (d + wd * pk) * ratio;
-        if (use_momentum) {
-          buf[k] = first ? d : buf[k] * mom + damp * d;
-          d = nesterov ? d + mom * buf[k] : buf[k];
+      if constexpr (std::is_same_v<P, G> && std::is_same_v<P, C>) {
+        fast_kernels<C>().lars_update(p, g, buf, c.end - c.begin, ls);
+      } else {
+        for (int64_t k = 0; k < c.end - c.begin; ++k) {
+          const C pk = static_cast<C>(p[k]);
+          C d = static_cast<C>(g[k]) / ls.divisor;
+          if (adapt) d = (d + ls.weight_decay * pk) * ratio;
+          if (use_momentum) {
+            buf[k] = ls.first ? d : buf[k] * ls.momentum + ls.one_minus_dampening * d;
+            d = nesterov ? d + ls.momentum * buf[k] : buf[k];
+          }
+          p[k] = static_cast<P>(pk + ls.neg_lr * d);
         }
-        p[k] = static_cast<P>(pk + neg_lr * d);
       }
     });
   });
@@ -194,6 +270,14 @@ void lars_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList m
 }
 
 }  // namespace
+
+const OptimCpuKernels& optim_cpu_kernels() {
+#if PEFTCORE_HAVE_AVX2_KERNELS
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (avx2) return cpu_avx2::kOptimKernels;
+#endif
+  return cpu_default::kOptimKernels;
+}
 
 TORCH_LIBRARY_IMPL(peftcore, CPU, m) {
   m.impl("multi_tensor_sumsq", &multi_tensor_sumsq_cpu);
