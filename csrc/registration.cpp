@@ -36,4 +36,13 @@ TORCH_LIBRARY(peftcore, m) {
       "Tensor(c!)[] model_params, Tensor lr, Tensor grad_divisor, Tensor? found_inf, bool[] fresh, "
       "float momentum, float dampening, float weight_decay, bool nesterov, float trust_coeff, "
       "float eps, bool trust_clip, bool adapt) -> ()");
+
+  // Composable sparse fine-tuning: adds sum_i weights[i] * values[i] at the sorted,
+  // unique flat (row-major) indices[i] of `param`, in one pass, and returns the
+  // union of the indices with the original values there, so that sparse_revert_
+  // restores the exact original bits.
+  m.def(
+      "sparse_compose_(Tensor(a!) param, Tensor[] indices, Tensor[] values, float[] weights) "
+      "-> (Tensor indices, Tensor originals)");
+  m.def("sparse_revert_(Tensor(a!) param, Tensor indices, Tensor originals) -> ()");
 }

@@ -146,3 +146,17 @@ def _lamb_step_fake(params, grads, exp_avgs, exp_avg_sqs, model_params, lr, step
 def _lars_step_fake(params, grads, momentum_buffers, model_params, lr, grad_divisor, found_inf,
                     fresh, *args):
     return None
+
+
+# ---------------------------------------------------------------------------- sparse
+
+
+@torch.library.register_fake("peftcore::sparse_compose_")
+def _sparse_compose_fake(param, indices, values, weights):
+    n = torch.library.get_ctx().new_dynamic_size()  # the size of the union of the indices
+    return param.new_empty((n,), dtype=torch.int64), param.new_empty((n,))
+
+
+@torch.library.register_fake("peftcore::sparse_revert_")
+def _sparse_revert_fake(param, indices, originals):
+    return None

@@ -160,3 +160,22 @@ def lars_step_(params, grads, momentum_buffers, *, lr, grad_divisor=1.0, momentu
                 buf.mul_(momentum).add_((1 - dampening) * d)
             d = d + momentum * buf if nesterov else buf
         p.copy_(pc - lr * d)
+
+
+# ---------------------------------------------------------------------------- sparse deltas
+
+
+def sparse_compose(param: Tensor, indices: list[Tensor], values: list[Tensor],
+                   weights: list[float]) -> Tensor:
+    """Dense oracle of sparse_compose_: param + sum_i w_i * scatter(indices_i, values_i),
+    summed in float32 (float64 for float64 params) and rounded once to param's dtype."""
+    acc = torch.float64 if param.dtype == torch.float64 else torch.float32
+    delta = torch.zeros(param.numel(), dtype=acc, device=param.device)
+    for idx, val, w in zip(indices, values, weights):
+        delta.index_add_(0, idx, val.to(acc) * w)
+    touched = torch.zeros(param.numel(), dtype=torch.bool, device=param.device)
+    for idx in indices:
+        touched[idx] = True
+    out = param.detach().flatten().clone()
+    out[touched] = (out[touched].to(acc) + delta[touched]).to(param.dtype)
+    return out.view(param.shape)

@@ -1,0 +1,98 @@
+"""Adding sparse deltas into a model in place, and taking them out bit for bit."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Iterator, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from .. import ops  # noqa: F401  (loads the library that defines torch.ops.peftcore)
+from .delta import SparseDelta
+
+_ops = torch.ops.peftcore
+
+
+@dataclass
+class AppliedHandle:
+    """What `apply` changed: per parameter, the touched flat indices and the
+    original values there (so `revert` restores the exact bits, which
+    subtracting the delta would not in 16-bit dtypes)."""
+
+    saved: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    active: bool = True
+
+
+def _as_list(deltas) -> list[SparseDelta]:
+    return [deltas] if isinstance(deltas, SparseDelta) else list(deltas)
+
+
+def _check_against_model(params: dict[str, nn.Parameter], deltas: Sequence[SparseDelta]) -> None:
+    for i, delta in enumerate(deltas):
+        for name, entry in delta.entries.items():
+            if name not in params:
+                near = [n for n in params if n.split(".")[-1] == name.split(".")[-1]][:3]
+                raise ValueError(f"delta {i}: the model has no parameter {name!r}"
+                                 + (f" (similar: {near})" if near else ""))
+            p = params[name]
+            if tuple(p.shape) != tuple(entry.shape):
+                raise ValueError(f"delta {i}: {name} has shape {tuple(entry.shape)} but the model's "
+                                 f"parameter has shape {tuple(p.shape)}")
+            if not p.is_contiguous():
+                raise ValueError(f"{name}: the model's parameter must be contiguous")
+
+
+@torch.no_grad()
+def apply(model: nn.Module, deltas: Union[SparseDelta, Sequence[SparseDelta]],
+          weights: Optional[Sequence[float]] = None) -> AppliedHandle:
+    """Adds ``sum_i weights[i] * deltas[i]`` into `model`'s parameters in place (one
+    fused scatter-add per parameter; overlapping indices add) and returns the handle
+    that `revert` needs. Everything is checked before anything is written; if a
+    write still fails, what was applied is reverted and the model is left as it was."""
+    deltas = _as_list(deltas)
+    weights = [1.0] * len(deltas) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(deltas):
+        raise ValueError(f"got {len(weights)} weights for {len(deltas)} deltas")
+    params = dict(model.named_parameters())
+    _check_against_model(params, deltas)
+    handle = AppliedHandle()
+    names = sorted({n for d in deltas for n in d.entries})
+    try:
+        for name in names:
+            p = params[name]
+            parts = [(d.entries[name], w) for d, w in zip(deltas, weights) if name in d.entries]
+            idx, orig = _ops.sparse_compose_(
+                p.data,
+                [e.indices.to(p.device) for e, _ in parts],
+                [e.values.to(p.device) for e, _ in parts],
+                [w for _, w in parts],
+            )
+            handle.saved[name] = (idx, orig)
+    except Exception:
+        revert(model, handle)
+        raise
+    return handle
+
+
+@torch.no_grad()
+def revert(model: nn.Module, handle: AppliedHandle) -> None:
+    """Restores the original values saved by `apply` (bit-identical)."""
+    if not handle.active:
+        raise RuntimeError("this sparse delta was already reverted")
+    params = dict(model.named_parameters())
+    for name, (idx, orig) in handle.saved.items():
+        _ops.sparse_revert_(params[name].data, idx, orig)
+    handle.active = False
+
+
+@contextlib.contextmanager
+def applied(model: nn.Module, deltas: Union[SparseDelta, Sequence[SparseDelta]],
+            weights: Optional[Sequence[float]] = None) -> Iterator[AppliedHandle]:
+    """``with peftcore.sparse.applied(model, [lang, task]): ...`` — applied inside, reverted after."""
+    handle = apply(model, deltas, weights)
+    try:
+        yield handle
+    finally:
+        revert(model, handle)
