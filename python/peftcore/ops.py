@@ -152,11 +152,13 @@ def _lars_step_fake(params, grads, momentum_buffers, model_params, lr, grad_divi
 
 
 @torch.library.register_fake("peftcore::sparse_compose_")
-def _sparse_compose_fake(param, indices, values, weights):
-    n = torch.library.get_ctx().new_dynamic_size()  # the size of the union of the indices
-    return param.new_empty((n,), dtype=torch.int64), param.new_empty((n,))
+def _sparse_compose_fake(params, indices, values, owner, weights):
+    ctx = torch.library.get_ctx()
+    sizes = [ctx.new_dynamic_size() for _ in params]  # the union of each parameter's indices
+    return ([p.new_empty((n,), dtype=torch.int64) for p, n in zip(params, sizes)],
+            [p.new_empty((n,)) for p, n in zip(params, sizes)])
 
 
 @torch.library.register_fake("peftcore::sparse_revert_")
-def _sparse_revert_fake(param, indices, originals):
+def _sparse_revert_fake(params, indices, originals):
     return None

@@ -49,31 +49,29 @@ def apply(model: nn.Module, deltas: Union[SparseDelta, Sequence[SparseDelta]],
           weights: Optional[Sequence[float]] = None) -> AppliedHandle:
     """Adds ``sum_i weights[i] * deltas[i]`` into `model`'s parameters in place (one
     fused scatter-add per parameter; overlapping indices add) and returns the handle
-    that `revert` needs. Everything is checked before anything is written; if a
-    write still fails, what was applied is reverted and the model is left as it was."""
+    that `revert` needs. Everything (names, shapes, index order and range) is
+    checked before anything is written, so a bad delta leaves the model as it was."""
     deltas = _as_list(deltas)
     weights = [1.0] * len(deltas) if weights is None else [float(w) for w in weights]
     if len(weights) != len(deltas):
         raise ValueError(f"got {len(weights)} weights for {len(deltas)} deltas")
     params = dict(model.named_parameters())
     _check_against_model(params, deltas)
-    handle = AppliedHandle()
     names = sorted({n for d in deltas for n in d.entries})
-    try:
-        for name in names:
-            p = params[name]
-            parts = [(d.entries[name], w) for d, w in zip(deltas, weights) if name in d.entries]
-            idx, orig = _ops.sparse_compose_(
-                p.data,
-                [e.indices.to(p.device) for e, _ in parts],
-                [e.values.to(p.device) for e, _ in parts],
-                [w for _, w in parts],
-            )
-            handle.saved[name] = (idx, orig)
-    except Exception:
-        revert(model, handle)
-        raise
-    return handle
+    targets, indices, values, owner, part_weights = [], [], [], [], []
+    for i, name in enumerate(names):
+        p = params[name]
+        targets.append(p.data)
+        for d, w in zip(deltas, weights):
+            if name in d.entries:
+                e = d.entries[name]
+                indices.append(e.indices.to(p.device))
+                values.append(e.values.to(p.device))
+                owner.append(i)
+                part_weights.append(w)
+    # One call for the whole model; it validates every index list before writing.
+    unions, originals = _ops.sparse_compose_(targets, indices, values, owner, part_weights)
+    return AppliedHandle(saved={n: (u, o) for n, u, o in zip(names, unions, originals)})
 
 
 @torch.no_grad()
@@ -82,8 +80,9 @@ def revert(model: nn.Module, handle: AppliedHandle) -> None:
     if not handle.active:
         raise RuntimeError("this sparse delta was already reverted")
     params = dict(model.named_parameters())
-    for name, (idx, orig) in handle.saved.items():
-        _ops.sparse_revert_(params[name].data, idx, orig)
+    names = list(handle.saved)
+    _ops.sparse_revert_([params[n].data for n in names], [handle.saved[n][0] for n in names],
+                        [handle.saved[n][1] for n in names])
     handle.active = False
 
 
