@@ -141,20 +141,32 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> sparse_compose_cpu(
 void sparse_revert_cpu(at::TensorList params, at::TensorList indices, at::TensorList originals) {
   check_sparse_revert(params, indices, originals);
   const int64_t n = static_cast<int64_t>(params.size());
-  for (int64_t i = 0; i < n; ++i) {  // validate everything before writing anything
-    if (indices[i].numel() == 0) continue;
-    const at::Tensor ix = indices[i];
-    TORCH_CHECK(ix.min().item<int64_t>() >= 0 && ix.max().item<int64_t>() < params[i].numel(),
-                "sparse_revert_: indices[", i, "] has values outside [0, ", params[i].numel(), ")");
+  std::vector<at::Tensor> ix_t(n), orig_t(n);
+  for (int64_t i = 0; i < n; ++i) {
+    ix_t[i] = indices[i].contiguous();
+    orig_t[i] = originals[i].contiguous();
+  }
+  // Validate every list before writing anything.
+  std::vector<uint8_t> bad(n, 0);
+  at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t* ix = ix_t[i].const_data_ptr<int64_t>();
+      const int64_t numel = params[i].numel();
+      bool ok = true;
+      for (int64_t j = 0; j < ix_t[i].numel(); ++j) ok &= ix[j] >= 0 && ix[j] < numel;
+      bad[i] = !ok;
+    }
+  });
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK(!bad[i], "sparse_revert_: indices[", i, "] has values outside [0, ", params[i].numel(), ")");
   }
   at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
-      const at::Tensor ix_t = indices[i].contiguous(), orig_t = originals[i].contiguous();
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[i].scalar_type(), "sparse_revert_", [&] {
         scalar_t* p = params[i].mutable_data_ptr<scalar_t>();
-        const scalar_t* orig = orig_t.const_data_ptr<scalar_t>();
-        const int64_t* ix = ix_t.const_data_ptr<int64_t>();
-        const int64_t count = ix_t.numel();
+        const scalar_t* orig = orig_t[i].const_data_ptr<scalar_t>();
+        const int64_t* ix = ix_t[i].const_data_ptr<int64_t>();
+        const int64_t count = ix_t[i].numel();
         for (int64_t j = 0; j < count; ++j) {
           if (j + kPrefetch < count) __builtin_prefetch(p + ix[j + kPrefetch], 1);
           p[ix[j]] = orig[j];
