@@ -1,0 +1,91 @@
+"""Putting adapters into a model, counting them, merging them out."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..layers import LoraLinear
+from .config import LoraConfig, matches
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, module)
+
+
+def target_names(model: nn.Module, config: LoraConfig) -> list[str]:
+    """The nn.Linear modules `config` selects (already-adapted layers excluded)."""
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLinear) or ".base_layer" in name or name.endswith("base_layer"):
+            continue
+        if isinstance(module, nn.Linear) and matches(name, config.target_modules) \
+                and not matches(name, config.exclude_modules):
+            names.append(name)
+    return names
+
+
+def inject(model: nn.Module, config: LoraConfig) -> nn.Module:
+    """Replaces each matching nn.Linear by a LoraLinear (in place), freezes every
+    other parameter except `modules_to_save`, and returns the model."""
+    names = target_names(model, config)
+    if not names:
+        linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        raise ValueError(f"no nn.Linear matches target_modules={config.target_modules!r}; "
+                         f"some Linear modules of this model: {linear[:6]}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name in names:
+        base = model.get_submodule(name)
+        _set_submodule(model, name, LoraLinear(base, r=config.r, alpha=config.alpha,
+                                               dropout=config.dropout, use_rslora=config.use_rslora))
+    for name, module in model.named_modules():
+        if config.modules_to_save and matches(name, config.modules_to_save):
+            module.requires_grad_(True)
+    model.peftcore_config = config
+    return model
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoraLinear)}
+
+
+def trainable_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def print_trainable_parameters(model: nn.Module) -> None:
+    trainable, total = trainable_parameters(model)
+    print(f"trainable params: {trainable:,} || all params: {total:,} || "
+          f"trainable%: {100 * trainable / max(total, 1):.4f}")
+
+
+def merge(model: nn.Module) -> None:
+    for layer in lora_layers(model).values():
+        layer.merge()
+
+
+def unmerge(model: nn.Module) -> None:
+    for layer in lora_layers(model).values():
+        layer.unmerge()
+
+
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """Folds every adapter into its base weight and puts the plain nn.Linear back."""
+    for name, layer in lora_layers(model).items():
+        layer.merge()
+        _set_submodule(model, name, layer.base_layer)
+    if hasattr(model, "peftcore_config"):
+        del model.peftcore_config
+    return model
+
+
+def remove_adapters(model: nn.Module, names) -> None:
+    """Puts the base layers back at `names` without merging (used to undo a failed load)."""
+    for name in names:
+        layer = model.get_submodule(name)
+        if isinstance(layer, LoraLinear):
+            _set_submodule(model, name, layer.base_layer)

@@ -1,0 +1,212 @@
+"""Adapter files: peftcore's own (save_adapter / load_adapter) and HF PEFT's
+(to_peft / from_peft). Writes are atomic; loads validate everything before
+touching the model, and a failed load leaves the model as it was."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Union
+
+import torch
+from torch import Tensor, nn
+
+from .config import LoraConfig
+from .inject import inject, lora_layers, remove_adapters, target_names
+
+PathLike = Union[str, os.PathLike]
+CONFIG = "peftcore_config.json"
+WEIGHTS = "adapter.safetensors"
+PEFT_CONFIG = "adapter_config.json"
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _write_json(path: Path, data: dict) -> None:
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2)))
+
+
+def _adapter_tensors(model: nn.Module, prefix: str = "") -> dict[str, Tensor]:
+    out = {}
+    for name, layer in lora_layers(model).items():
+        out[f"{prefix}{name}.lora_A.weight"] = layer.lora_A.weight.detach().cpu().contiguous()
+        out[f"{prefix}{name}.lora_B.weight"] = layer.lora_B.weight.detach().cpu().contiguous()
+    return out
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError, RuntimeError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable JSON config ({exc})") from exc
+
+
+def _require_injected(model: nn.Module) -> LoraConfig:
+    config = getattr(model, "peftcore_config", None)
+    if config is None or not lora_layers(model):
+        raise ValueError("the model has no peftcore adapters (call peftcore.inject first)")
+    return config
+
+
+# ----------------------------------------------------------------------------- own format
+
+
+def save_adapter(model: nn.Module, directory: PathLike) -> None:
+    """Writes the adapters (safetensors) and their config (JSON) to `directory`."""
+    from safetensors.torch import save_file
+
+    config = _require_injected(model)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = _adapter_tensors(model)
+    _atomic_write(directory / WEIGHTS, lambda tmp: save_file(tensors, tmp))
+    _write_json(directory / CONFIG, {"config": config.to_dict(), "layers": sorted(lora_layers(model))})
+
+
+def _check_tensors(tensors: dict[str, Tensor], model: nn.Module, names: list[str], r: int, source: Path,
+                   key: Callable[[str, str], str]) -> None:
+    """Every adapted layer has lora_A [r, in] and lora_B [out, r], nothing else is there."""
+    expected = {key(n, part) for n in names for part in ("lora_A", "lora_B")}
+    missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or extra:
+        raise ValueError(f"{source}: checkpoint does not match the model: missing {missing[:4]}, "
+                         f"unexpected {extra[:4]}")
+    for n in names:
+        base = model.get_submodule(n)
+        base = getattr(base, "base_layer", base)
+        for part, shape in (("lora_A", (r, base.in_features)), ("lora_B", (base.out_features, r))):
+            t = tensors[key(n, part)]
+            if tuple(t.shape) != shape:
+                raise ValueError(f"{source}: {key(n, part)} has shape {tuple(t.shape)}, "
+                                 f"the model needs {shape}")
+
+
+def _install(model: nn.Module, config: LoraConfig, names: list[str], tensors: dict[str, Tensor],
+             key: Callable[[str, str], str]) -> nn.Module:
+    """Injects (where needed) and copies the weights; undoes everything if it fails."""
+    grad_state = {n: p.requires_grad for n, p in model.named_parameters()}
+    had_config = hasattr(model, "peftcore_config")
+    fresh = [n for n in names if n not in lora_layers(model)]
+    try:
+        if fresh:
+            sub = LoraConfig(**{**config.to_dict(), "target_modules": fresh, "exclude_modules": None})
+            inject(model, sub)
+            model.peftcore_config = config
+        layers = lora_layers(model)
+        with torch.no_grad():
+            for n in names:
+                layers[n].lora_A.weight.copy_(tensors[key(n, "lora_A")])
+                layers[n].lora_B.weight.copy_(tensors[key(n, "lora_B")])
+    except BaseException:
+        remove_adapters(model, fresh)
+        for n, p in model.named_parameters():
+            if n in grad_state:
+                p.requires_grad_(grad_state[n])
+        if not had_config and hasattr(model, "peftcore_config"):
+            del model.peftcore_config
+        raise
+    return model
+
+
+def load_adapter(model: nn.Module, directory: PathLike) -> nn.Module:
+    """Loads what `save_adapter` wrote, injecting adapters where the model has none."""
+    directory = Path(directory)
+    meta = _read_json(directory / CONFIG)
+    try:
+        config, names = LoraConfig.from_dict(meta["config"]), list(meta["layers"])
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{directory / CONFIG}: malformed ({exc})") from exc
+    tensors = _read_safetensors(directory / WEIGHTS)
+    existing = lora_layers(model)
+    for n in names:
+        try:
+            module = model.get_submodule(n)
+        except AttributeError as exc:
+            raise ValueError(f"{directory}: the model has no module {n!r}") from exc
+        if n not in existing and not isinstance(module, nn.Linear):
+            raise ValueError(f"{directory}: module {n!r} is a {type(module).__name__}, not nn.Linear")
+        if n in existing and existing[n].r != config.r:
+            raise ValueError(f"{directory}: {n} has rank {existing[n].r} in the model, {config.r} in the file")
+    key = lambda n, part: f"{n}.{part}.weight"  # noqa: E731
+    _check_tensors(tensors, model, names, config.r, directory / WEIGHTS, key)
+    return _install(model, config, names, tensors, key)
+
+
+# ----------------------------------------------------------------------------- HF PEFT
+
+
+def to_peft(model: nn.Module, directory: PathLike) -> None:
+    """Writes an HF PEFT LoRA adapter directory that `peft.PeftModel.from_pretrained`
+    loads onto the same base model, with the same outputs."""
+    from safetensors.torch import save_file
+
+    config = _require_injected(model)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    names = sorted(lora_layers(model))
+    peft_config = {
+        "peft_type": "LORA", "task_type": None, "r": config.r, "lora_alpha": config.alpha,
+        "lora_dropout": config.dropout, "use_rslora": config.use_rslora, "target_modules": names,
+        "bias": "none", "fan_in_fan_out": False, "init_lora_weights": True, "inference_mode": True,
+        "modules_to_save": None, "base_model_name_or_path": None,
+    }
+    tensors = _adapter_tensors(model, prefix=PEFT_PREFIX)
+    _atomic_write(directory / PEFT_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    _write_json(directory / PEFT_CONFIG, peft_config)
+
+
+def from_peft(model: nn.Module, directory: PathLike) -> nn.Module:
+    """Loads an HF PEFT LoRA adapter directory into peftcore layers on `model`."""
+    directory = Path(directory)
+    cfg = _read_json(directory / PEFT_CONFIG)
+    if cfg.get("peft_type") != "LORA":
+        raise ValueError(f"{directory}: peft_type {cfg.get('peft_type')!r} is not supported "
+                         f"(this build reads LORA adapters)")
+    for unsupported in ("rank_pattern", "alpha_pattern", "layers_to_transform"):
+        if cfg.get(unsupported):
+            raise ValueError(f"{directory}: {unsupported} is not supported yet")
+    if cfg.get("fan_in_fan_out") or cfg.get("use_dora"):
+        raise ValueError(f"{directory}: fan_in_fan_out / DoRA adapters are not supported yet")
+    config = LoraConfig(r=int(cfg["r"]), alpha=float(cfg.get("lora_alpha", cfg["r"])),
+                        dropout=float(cfg.get("lora_dropout", 0.0)), target_modules=cfg.get("target_modules"),
+                        exclude_modules=cfg.get("exclude_modules"), use_rslora=bool(cfg.get("use_rslora", False)))
+    weights = directory / PEFT_WEIGHTS
+    if weights.exists():
+        tensors = _read_safetensors(weights)
+    else:
+        try:
+            tensors = torch.load(directory / "adapter_model.bin", map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"{directory}: no readable adapter_model.safetensors or .bin ({exc})") from exc
+    names = target_names(model, config) + [n for n in lora_layers(model) if n in
+                                           {k[len(PEFT_PREFIX):].rsplit(".lora_", 1)[0] for k in tensors}]
+    names = sorted(set(names))
+    if not names:
+        raise ValueError(f"{directory}: target_modules={config.target_modules!r} match no nn.Linear of the model")
+    key = lambda n, part: f"{PEFT_PREFIX}{n}.{part}.weight"  # noqa: E731
+    _check_tensors(tensors, model, names, config.r, weights, key)
+    return _install(model, config, names, tensors, key)

