@@ -20,14 +20,14 @@ struct Philox4 {
   uint32_t v[4];
 };
 
-PEFTCORE_HD uint32_t mulhilo32(uint32_t a, uint32_t b, uint32_t* hi) {
+PEFTCORE_HD_FN uint32_t mulhilo32(uint32_t a, uint32_t b, uint32_t* hi) {
   const uint64_t product = static_cast<uint64_t>(a) * static_cast<uint64_t>(b);
   *hi = static_cast<uint32_t>(product >> 32);
   return static_cast<uint32_t>(product);
 }
 
 // Philox4x32 with 10 rounds; counter = (group, stream), key = key64.
-PEFTCORE_HD Philox4 philox4x32_10(uint64_t group, uint64_t stream, uint64_t key64) {
+PEFTCORE_HD_FN Philox4 philox4x32_10(uint64_t group, uint64_t stream, uint64_t key64) {
   uint32_t c0 = static_cast<uint32_t>(group), c1 = static_cast<uint32_t>(group >> 32);
   uint32_t c2 = static_cast<uint32_t>(stream), c3 = static_cast<uint32_t>(stream >> 32);
   uint32_t k0 = static_cast<uint32_t>(key64), k1 = static_cast<uint32_t>(key64 >> 32);

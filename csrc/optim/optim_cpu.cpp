@@ -16,6 +16,7 @@
 
 #include "optim/multi_tensor_cpu.h"
 #include "optim/optim_checks.h"
+#include "optim/lane_loop.h"
 #include "optim/optim_cpu_kernels.h"
 #include "optim/optim_dispatch.h"
 #include "optim/optim_math.h"
@@ -53,23 +54,6 @@ bool skip_step(const std::optional<at::Tensor>& found_inf) {
 template <typename P>
 using Compute = OptimCompute<P>;
 
-template <typename C>
-LambScalars<C> lamb_scalars(double step, double beta1, double beta2, double eps, double weight_decay,
-                            bool bias_correction, bool grad_averaging) {
-  LambScalars<C> s;
-  s.beta1 = static_cast<C>(beta1);
-  s.beta2 = static_cast<C>(beta2);
-  s.beta3 = static_cast<C>(grad_averaging ? 1.0 - beta1 : 1.0);
-  s.one_minus_beta2 = static_cast<C>(1.0 - beta2);
-  s.lerp = grad_averaging;
-  s.bias_correction1 = static_cast<C>(bias_correction ? 1.0 - std::pow(beta1, step) : 1.0);
-  s.sqrt_bias_correction2 =
-      static_cast<C>(bias_correction ? std::sqrt(1.0 - std::pow(beta2, step)) : 1.0);
-  s.eps = static_cast<C>(eps);
-  s.weight_decay = static_cast<C>(weight_decay);
-  return s;
-}
-
 // Per-tensor sums of squares (float64 accumulation), returned in `out_dtype`.
 at::Tensor multi_tensor_sumsq_cpu(at::TensorList tensors) {
   const at::Device device = list_device(tensors);
@@ -93,35 +77,6 @@ at::Tensor multi_tensor_sumsq_cpu(at::TensorList tensors) {
   return any_double ? out : out.to(at::kFloat);
 }
 
-// The per-chunk loops below keep kLanes independent partial sums so that the
-// compiler vectorises them (a single running sum would have to stay scalar); lane
-// sums are flushed to float64 every kFlush elements to bound rounding growth.
-constexpr int kLanes = 16;
-constexpr int64_t kFlush = 1024;
-
-template <typename C, typename Body>
-void lane_loop(int64_t n, double& sum_a, double& sum_b, const Body& body) {
-  C a[kLanes], b[kLanes];
-  int64_t i = 0;
-  while (i + kLanes <= n) {
-    for (int j = 0; j < kLanes; ++j) a[j] = b[j] = C(0);
-    const int64_t stop = std::min(n - kLanes + 1, i + kFlush);
-    for (; i < stop; i += kLanes) {
-      for (int j = 0; j < kLanes; ++j) body(i + j, a[j], b[j]);
-    }
-    for (int j = 0; j < kLanes; ++j) {
-      sum_a += a[j];
-      sum_b += b[j];
-    }
-  }
-  for (; i < n; ++i) {
-    C ta = 0, tb = 0;
-    body(i, ta, tb);
-    sum_a += ta;
-    sum_b += tb;
-  }
-}
-
 void lamb_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                    at::TensorList exp_avg_sqs, at::TensorList model_params, const at::Tensor& lr,
                    const at::Tensor& step, const at::Tensor& grad_divisor,
@@ -131,6 +86,8 @@ void lamb_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
   check_lamb_step(params, grads, exp_avgs, exp_avg_sqs, model_params, lr, step, grad_divisor, found_inf);
   if (params.empty() || skip_step(found_inf)) return;
   const double step_v = scalar_value(step), lr_v = scalar_value(lr), div_v = scalar_value(grad_divisor);
+  const optim::LambHyper hyper{beta1, beta2, eps, weight_decay, phi_min, phi_max, min_trust,
+                               bias_correction, grad_averaging, adapt, trust_clip};
   const auto chunks = make_chunks(params);
   std::vector<double> param_sq(chunks.size()), update_sq(chunks.size());
 
@@ -138,7 +95,7 @@ void lamb_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
   parallel_chunks(chunks, [&](int64_t ci, const TensorChunk& c) {
     dispatch_param_grad(params[c.tensor].scalar_type(), grads[c.tensor].scalar_type(), [&]<typename P, typename G>() {
       using C = Compute<P>;
-      const auto s = lamb_scalars<C>(step_v, beta1, beta2, eps, weight_decay, bias_correction, grad_averaging);
+      const auto s = optim::lamb_scalars<C>(hyper, step_v);
       const C div = static_cast<C>(div_v);
       const P* p = params[c.tensor].const_data_ptr<P>() + c.begin;
       const G* g = grads[c.tensor].const_data_ptr<G>() + c.begin;
@@ -149,7 +106,7 @@ void lamb_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
       if constexpr (std::is_same_v<P, G> && std::is_same_v<P, C>) {  // float32 / float64
         fast_kernels<C>().lamb_moments(p, g, m, v, n, div, s, &psq, &usq);
       } else {
-        lane_loop<C>(n, psq, usq, [&](int64_t k, C& pa, C& ua) {
+        lane_loop<C>(n, &psq, &usq, [&](int64_t k, C& pa, C& ua) {
           const C pk = static_cast<C>(p[k]);
           C mk = m[k], vk = v[k];
           const C u = optim::lamb_moments(static_cast<C>(g[k]) / div, pk, mk, vk, s);
@@ -170,7 +127,7 @@ void lamb_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
   parallel_chunks(chunks, [&](int64_t, const TensorChunk& c) {
     dispatch_param_grad(params[c.tensor].scalar_type(), params[c.tensor].scalar_type(), [&]<typename P, typename>() {
       using C = Compute<P>;
-      const auto s = lamb_scalars<C>(step_v, beta1, beta2, eps, weight_decay, bias_correction, grad_averaging);
+      const auto s = optim::lamb_scalars<C>(hyper, step_v);
       const C ratio = adapt ? optim::lamb_trust_ratio<C>(std::sqrt(p_norm2[c.tensor]), std::sqrt(u_norm2[c.tensor]),
                                                          phi_min, phi_max, trust_clip, min_trust)
                             : C(1);
@@ -217,7 +174,7 @@ void lars_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList m
         if constexpr (std::is_same_v<P, G> && std::is_same_v<P, C>) {
           fast_kernels<C>().lars_norms(p, g, n, div, &psq, &gsq);
         } else {
-          lane_loop<C>(n, psq, gsq, [&](int64_t k, C& pa, C& ga) {
+          lane_loop<C>(n, &psq, &gsq, [&](int64_t k, C& pa, C& ga) {
             const C pk = static_cast<C>(p[k]), gk = static_cast<C>(g[k]) / div;
             pa += pk * pk;
             ga += gk * gk;

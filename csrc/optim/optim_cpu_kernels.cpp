@@ -3,6 +3,7 @@
 // includes no torch headers and keeps its code in an anonymous namespace, so no
 // inline function built for AVX2 can be picked by the linker for other code.
 #include "optim/optim_cpu_kernels.h"
+#include "optim/lane_loop.h"
 
 #ifndef PEFTCORE_CPU_NS
 #error "PEFTCORE_CPU_NS must name the capability namespace"
@@ -11,39 +12,9 @@
 namespace peftcore::PEFTCORE_CPU_NS {
 namespace {
 
-// kLanes independent partial sums let the compiler vectorise the loop (one running
-// sum would stay scalar); lanes are flushed to float64 every kFlush elements.
-constexpr int kLanes = 16;
-constexpr int64_t kFlush = 1024;
-
-template <typename C, typename Body>
-void lane_loop(int64_t n, double* sum_a, double* sum_b, const Body& body) {
-  double total_a = 0.0, total_b = 0.0;
-  C a[kLanes], b[kLanes];
-  int64_t i = 0;
-  while (i + kLanes <= n) {
-    for (int j = 0; j < kLanes; ++j) a[j] = b[j] = C(0);
-    const int64_t limit = i + kFlush < n - kLanes + 1 ? i + kFlush : n - kLanes + 1;
-    for (; i < limit; i += kLanes) {
-      for (int j = 0; j < kLanes; ++j) body(i + j, a[j], b[j]);
-    }
-    for (int j = 0; j < kLanes; ++j) {
-      total_a += a[j];
-      total_b += b[j];
-    }
-  }
-  for (; i < n; ++i) {
-    C ta = 0, tb = 0;
-    body(i, ta, tb);
-    total_a += ta;
-    total_b += tb;
-  }
-  *sum_a = total_a;
-  *sum_b = total_b;
-}
-
 // Scalars are copied to locals and pointers are restrict-qualified: a float store
 // through m or v could otherwise alias the scalars, which blocks vectorisation.
+
 template <typename C>
 void lamb_moments(const C* __restrict p, const C* __restrict g, C* __restrict m, C* __restrict v,
                   int64_t n, C div, const optim::LambScalars<C>& scalars, double* psq, double* usq) {

@@ -162,7 +162,7 @@ void lamb_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
   const float* step_p = float_ptr(step, step_f);
   const float* div_p = float_ptr(grad_divisor, div_f);
   const float* inf_p = found_inf.has_value() ? float_ptr(*found_inf, inf_f) : nullptr;
-  const k::LambHyper h{beta1, beta2, eps, weight_decay, phi_min, phi_max, min_trust,
+  const optim::LambHyper h{beta1, beta2, eps, weight_decay, phi_min, phi_max, min_trust,
                        bias_correction, grad_averaging, adapt, trust_clip};
   const ChunkLayout layout = chunk_layout(params);
   const at::Tensor partial =

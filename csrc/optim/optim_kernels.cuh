@@ -42,10 +42,7 @@ struct TotalsMeta {
   int32_t tensor_base;
 };
 
-struct LambHyper {
-  double beta1, beta2, eps, weight_decay, phi_min, phi_max, min_trust;
-  bool bias_correction, grad_averaging, adapt, trust_clip;
-};
+using optim::LambHyper;
 
 struct LarsHyper {
   double momentum, dampening, weight_decay, trust_coeff, eps;
@@ -69,22 +66,6 @@ __device__ T block_sum(T v, T* scratch) {
 
 __device__ __forceinline__ bool skipped(const float* found_inf) {
   return found_inf != nullptr && *found_inf != 0.f;
-}
-
-template <typename C>
-__device__ optim::LambScalars<C> lamb_scalars(const LambHyper& h, float step) {
-  optim::LambScalars<C> s;
-  s.beta1 = static_cast<C>(h.beta1);
-  s.beta2 = static_cast<C>(h.beta2);
-  s.beta3 = static_cast<C>(h.grad_averaging ? 1.0 - h.beta1 : 1.0);
-  s.one_minus_beta2 = static_cast<C>(1.0 - h.beta2);
-  s.lerp = h.grad_averaging;
-  const double t = static_cast<double>(step);
-  s.bias_correction1 = static_cast<C>(h.bias_correction ? 1.0 - pow(h.beta1, t) : 1.0);
-  s.sqrt_bias_correction2 = static_cast<C>(h.bias_correction ? sqrt(1.0 - pow(h.beta2, t)) : 1.0);
-  s.eps = static_cast<C>(h.eps);
-  s.weight_decay = static_cast<C>(h.weight_decay);
-  return s;
 }
 
 // The element range of this block's chunk.
@@ -142,7 +123,7 @@ __global__ void __launch_bounds__(kThreads)
   const G* g = static_cast<const G*>(meta.ptr[1][t]);
   C* m = static_cast<C*>(meta.ptr[2][t]);
   C* v = static_cast<C*>(meta.ptr[3][t]);
-  const auto s = lamb_scalars<C>(h, *step);
+  const auto s = optim::lamb_scalars<C>(h, static_cast<double>(*step));
   const C div = static_cast<C>(*divisor);
   C psq = 0, usq = 0;
   for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
@@ -174,7 +155,7 @@ __global__ void __launch_bounds__(kThreads)
   P* p = static_cast<P*>(meta.ptr[0][t]);
   const C* m = static_cast<const C*>(meta.ptr[1][t]);
   const C* v = static_cast<const C*>(meta.ptr[2][t]);
-  const auto s = lamb_scalars<C>(h, *step);
+  const auto s = optim::lamb_scalars<C>(h, static_cast<double>(*step));
   const int gt = meta.global_tensor[t];
   const C ratio = h.adapt ? optim::lamb_trust_ratio<C>(
                                 static_cast<C>(sqrt(totals[gt])), static_cast<C>(sqrt(totals[n_tensors + gt])),

@@ -43,6 +43,21 @@ class FusedOptimizer(torch.optim.Optimizer):
                     self.state[p][key] = value.to(device=p.device, copy=True)
 
     # -- per-step inputs ---------------------------------------------------------------
+    @staticmethod
+    def _run_closure(closure):
+        if closure is None:
+            return None
+        with torch.enable_grad():
+            return closure()
+
+    @staticmethod
+    def _adapts(group: dict) -> bool:
+        """A group's layer-wise adaptation: its `adapt` key, else (as timm) when
+        weight_decay != 0 or always_adapt."""
+        if group["adapt"] is not None:
+            return bool(group["adapt"])
+        return group["weight_decay"] != 0 or group["always_adapt"]
+
     def _amp_inputs(self, device: torch.device) -> tuple[Optional[Tensor], Optional[Tensor]]:
         """(loss scale or None, found_inf or None) on `device`, from a GradScaler if present."""
         scale = getattr(self, "grad_scale", None)

@@ -105,16 +105,11 @@ class Lamb(FusedOptimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._run_closure(closure)
         divisors = self._grad_divisors()
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
-            adapt = group["adapt"]
-            if adapt is None:
-                adapt = group["weight_decay"] != 0 or group["always_adapt"]
+            adapt = self._adapts(group)
             for device, params in self._by_device(group, "Lamb").items():
                 _, found_inf = self._amp_inputs(device)
                 step = self._group_step(group, params, found_inf)

@@ -56,14 +56,9 @@ class Lars(FusedOptimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._run_closure(closure)
         for group in self.param_groups:
-            adapt = group["adapt"]
-            if adapt is None:
-                adapt = group["weight_decay"] != 0 or group["always_adapt"]
+            adapt = self._adapts(group)
             use_momentum = group["momentum"] != 0
             for device, params in self._by_device(group, "Lars").items():
                 scale, found_inf = self._amp_inputs(device)
