@@ -30,6 +30,7 @@ demo: install
 
 bench: install
 	$(PY) bench/run.py --quick
+	$(PY) bench/report.py
 
 clean:
 	rm -rf build $(VENV)
