@@ -46,4 +46,20 @@ TORCH_LIBRARY(peftcore, m) {
       "sparse_compose_(Tensor(a!)[] params, Tensor[] indices, Tensor[] values, int[] owner, "
       "float[] weights) -> (Tensor[] indices, Tensor[] originals)");
   m.def("sparse_revert_(Tensor(a!)[] params, Tensor[] indices, Tensor[] originals) -> ()");
+
+  // Hydra: h = x W^T + b; y = h + s_p (drop(x) A_p^T) B_p^T + s_s (drop(h) A_s^T) B_s^T.
+  // Either branch may be absent (its A and B None). Saved for backward: x, h and
+  // the two N x r hiddens; the masks of x and h come from dropout_seed (h's from
+  // the seed's second stream).
+  m.def(
+      "hydra_linear(Tensor x, Tensor weight, Tensor? bias, Tensor? A_p, Tensor? B_p, Tensor? A_s, "
+      "Tensor? B_s, float scale_p, float scale_s, float dropout_p, Tensor? dropout_seed) -> "
+      "(Tensor out, Tensor h, Tensor hidden_p, Tensor hidden_s)");
+  // output_mask selects (x, weight, bias, A_p, B_p, A_s, B_s).
+  m.def(
+      "hydra_linear_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor h, Tensor? A_p, "
+      "Tensor? B_p, Tensor? A_s, Tensor? B_s, Tensor hidden_p, Tensor hidden_s, float scale_p, "
+      "float scale_s, float dropout_p, Tensor? dropout_seed, bool[7] output_mask) -> (Tensor grad_x, "
+      "Tensor grad_weight, Tensor grad_bias, Tensor grad_A_p, Tensor grad_B_p, Tensor grad_A_s, "
+      "Tensor grad_B_s)");
 }

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/dropout_cpu.h"
+#include "hydra/hydra_compose.h"
 #include "lora/lora_compose.h"
 
 namespace peftcore {
@@ -156,6 +157,9 @@ constexpr LoraSkinnyOps kCpuOps{&shrink_cpu, &expand_add_cpu, &backward_cpu};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(peftcore, CPU, m) { register_lora_kernels<kCpuOps>(m); }
+TORCH_LIBRARY_IMPL(peftcore, CPU, m) {
+  register_lora_kernels<kCpuOps>(m);
+  register_hydra_kernels<kCpuOps>(m);
+}
 
 }  // namespace peftcore

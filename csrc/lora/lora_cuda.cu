@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include "common/philox.h"
+#include "hydra/hydra_compose.h"
 #include "lora/lora_compose.h"
 #include "lora/lora_kernels.cuh"
 
@@ -117,6 +118,9 @@ constexpr LoraSkinnyOps kCudaOps{&shrink_cuda, &expand_add_cuda, &backward_cuda}
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(peftcore, CUDA, m) { register_lora_kernels<kCudaOps>(m); }
+TORCH_LIBRARY_IMPL(peftcore, CUDA, m) {
+  register_lora_kernels<kCudaOps>(m);
+  register_hydra_kernels<kCudaOps>(m);
+}
 
 }  // namespace peftcore

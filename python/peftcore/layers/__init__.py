@@ -1,5 +1,6 @@
 """Adapter layers that wrap existing modules and call one fused op each."""
 
+from .hydra import HydraLinear
 from .lora import LoraLinear
 
-__all__ = ["LoraLinear"]
+__all__ = ["HydraLinear", "LoraLinear"]

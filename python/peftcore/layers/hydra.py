@@ -1,0 +1,105 @@
+"""HydraLinear: a parallel and a sequential low-rank branch around a frozen nn.Linear."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .. import ops
+
+
+class HydraLinear(nn.Module):
+    """Hydra (multi-head low-rank adaptation) on an existing ``nn.Linear``:
+
+    ``h = base(x)``; ``y = h + s_p B_p A_p drop(x) + s_s B_s A_s drop(h)`` with
+    ``A_p [r_p, in]``, ``B_p [out, r_p]``, ``A_s [r_s, out]``, ``B_s [out, r_s]``,
+    ``s = alpha / r`` per branch; r = 0 turns a branch off. A's are kaiming-uniform,
+    B's zero, so a fresh layer equals its base. One fused op computes it all.
+    """
+
+    def __init__(self, base: nn.Linear, r_parallel: int = 8, r_sequential: int = 8,
+                 alpha_parallel: float = 8.0, alpha_sequential: float = 8.0, dropout: float = 0.0) -> None:
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"HydraLinear wraps an nn.Linear, got {type(base).__name__}")
+        for name, r in (("r_parallel", r_parallel), ("r_sequential", r_sequential)):
+            if not isinstance(r, int) or isinstance(r, bool) or r < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {r!r}")
+        if r_parallel == 0 and r_sequential == 0:
+            raise ValueError("at least one of r_parallel and r_sequential must be positive")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.base_layer = base.requires_grad_(False)
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.r_parallel, self.r_sequential = r_parallel, r_sequential
+        self.scale_parallel = alpha_parallel / r_parallel if r_parallel else 0.0
+        self.scale_sequential = alpha_sequential / r_sequential if r_sequential else 0.0
+        self.dropout_p = float(dropout)
+        f = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.A_p = nn.Parameter(torch.empty(r_parallel, self.in_features, **f)) if r_parallel else None
+        self.B_p = nn.Parameter(torch.zeros(self.out_features, r_parallel, **f)) if r_parallel else None
+        self.A_s = nn.Parameter(torch.empty(r_sequential, self.out_features, **f)) if r_sequential else None
+        self.B_s = nn.Parameter(torch.zeros(self.out_features, r_sequential, **f)) if r_sequential else None
+        for a in (self.A_p, self.A_s):
+            if a is not None:
+                nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        self.merged = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.merged:
+            return self.base_layer(x)
+        w = self.base_layer.weight
+        cast = (lambda t: t if t is None else t.to(w.dtype))  # noqa: E731  (fp32 adapters on a 16-bit base)
+        return ops.hydra_linear(x, w, self.base_layer.bias, cast(self.A_p), cast(self.B_p), cast(self.A_s),
+                                cast(self.B_s), self.scale_parallel, self.scale_sequential, self.dropout_p,
+                                self.training)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """W' = W + s_p B_p A_p + s_s B_s A_s W and b' = b + s_s B_s A_s b, in float64."""
+        if self.merged:
+            return
+        w, b = self.base_layer.weight, self.base_layer.bias
+        S = self._sequential_map()
+        new_w = w.double() + (S @ w.double() if S is not None else 0)
+        if self.A_p is not None:
+            new_w = new_w + self.scale_parallel * (self.B_p.double() @ self.A_p.double())
+        w.copy_(new_w)
+        if b is not None and S is not None:
+            b.copy_(b.double() + S @ b.double())
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Inverts merge: W = (I + S)^-1 (W' - s_p B_p A_p), with S = s_s B_s A_s and
+        (I + S)^-1 = I - s_s B_s (I_r + s_s A_s B_s)^-1 A_s (Woodbury: an r_s x r_s
+        solve), all in float64; exact to the base dtype's rounding for well-conditioned
+        I + S."""
+        if not self.merged:
+            return
+        w, b = self.base_layer.weight, self.base_layer.bias
+        new_w = w.double()
+        if self.A_p is not None:
+            new_w = new_w - self.scale_parallel * (self.B_p.double() @ self.A_p.double())
+        if self.A_s is not None:
+            new_w = self._apply_inverse(new_w)
+            if b is not None:
+                b.copy_(self._apply_inverse(b.double().unsqueeze(1)).squeeze(1))
+        w.copy_(new_w)
+        self.merged = False
+
+    def _sequential_map(self):
+        if self.A_s is None:
+            return None
+        return self.scale_sequential * (self.B_s.double() @ self.A_s.double())
+
+    def _apply_inverse(self, m: Tensor) -> Tensor:
+        s, A, B = self.scale_sequential, self.A_s.double(), self.B_s.double()
+        small = torch.eye(self.r_sequential, dtype=torch.float64, device=A.device) + s * (A @ B)
+        return m - s * (B @ torch.linalg.solve(small, A @ m))
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, r_parallel={self.r_parallel}, "
+                f"r_sequential={self.r_sequential}, dropout={self.dropout_p}, merged={self.merged}")
