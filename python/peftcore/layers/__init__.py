@@ -1,6 +1,7 @@
 """Adapter layers that wrap existing modules and call one fused op each."""
 
+from .bone import BoneLinear
 from .hydra import HydraLinear
 from .lora import LoraLinear
 
-__all__ = ["HydraLinear", "LoraLinear"]
+__all__ = ["BoneLinear", "HydraLinear", "LoraLinear"]
