@@ -30,3 +30,17 @@ def assert_rel_close(a: torch.Tensor, b: torch.Tensor, rtol: float, what: str):
     scale = b.double().abs().max().item() if b.numel() else 0.0
     err = max_abs(a, b)
     assert err <= rtol * max(scale, 1e-30) or err == 0.0, f"{what}: {err:.3e} > {rtol} x {scale:.3e}"
+
+
+def assert_same_forward_backward(ours, theirs, x, param_pairs, rtol: float = 1e-5):
+    """Same output, same grad of x and of each (ours, theirs) parameter pair."""
+    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    y1, y2 = ours(x1), theirs(x2)
+    assert_rel_close(y1, y2, rtol, "output")
+    g = torch.randn_like(y1)
+    y1.backward(g)
+    y2.backward(g)
+    assert_rel_close(x1.grad, x2.grad, rtol, "grad x")
+    for i, (a, b) in enumerate(param_pairs):
+        assert_rel_close(a.grad, b.grad, rtol, f"grad of parameter pair {i}")
+    return y1.detach()

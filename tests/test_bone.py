@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import peftcore
-from helpers import assert_rel_close
+from helpers import assert_rel_close, assert_same_forward_backward
 
 peft = pytest.importorskip("peft")
 
@@ -34,14 +34,7 @@ def test_matches_peft_miss(device, variant, n_in, n_out, r, mini_r):
         ours.miss_block.normal_(0, 0.1)
         theirs.miss_block["default"].copy_(ours.miss_block)
     x = torch.randn(3, 5, n_in, device=device)
-    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    y1, y2 = ours(x1), theirs(x2)
-    assert_rel_close(y1, y2, 1e-5, "output")
-    g = torch.randn_like(y1)
-    y1.backward(g)
-    y2.backward(g)
-    assert_rel_close(x1.grad, x2.grad, 1e-5, "grad x")
-    assert_rel_close(ours.miss_block.grad, theirs.miss_block["default"].grad, 1e-5, "grad block")
+    y1 = assert_same_forward_backward(ours, theirs, x, [(ours.miss_block, theirs.miss_block["default"])])
     ours.merge()
     assert_rel_close(ours(x), y1.detach(), 1e-5, "merged")
     ours.unmerge()

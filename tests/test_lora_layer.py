@@ -8,7 +8,7 @@ from torch import nn
 
 import peftcore
 from peftcore._peers import peft_lora_linear
-from helpers import assert_rel_close
+from helpers import assert_rel_close, assert_same_forward_backward
 
 # in/out of 1, 7, 127, 4096 and r of 1, 8, 64 (acceptance of the foundation issue).
 PEFT_CASES = [
@@ -35,15 +35,8 @@ def test_matches_hf_peft_fp32(device, n_in, n_out, r, use_rslora):
     ours, peft = paired_layers(n_in, n_out, r, alpha=2 * r + 1, device=device, use_rslora=use_rslora)
     assert ours.scaling == pytest.approx(peft.scaling["default"])
     x = torch.randn(3, 5, n_in, device=device)
-    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    y1, y2 = ours(x1), peft(x2)
-    assert_rel_close(y1, y2, 1e-5, "output")
-    g = torch.randn_like(y1)
-    y1.backward(g)
-    y2.backward(g)
-    assert_rel_close(x1.grad, x2.grad, 1e-5, "grad x")
-    assert_rel_close(ours.lora_A.weight.grad, peft.lora_A["default"].weight.grad, 1e-5, "grad A")
-    assert_rel_close(ours.lora_B.weight.grad, peft.lora_B["default"].weight.grad, 1e-5, "grad B")
+    assert_same_forward_backward(ours, peft, x, [(ours.lora_A.weight, peft.lora_A["default"].weight),
+                                                 (ours.lora_B.weight, peft.lora_B["default"].weight)])
     assert ours.base_layer.weight.grad is None
 
 
