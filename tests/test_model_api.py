@@ -169,3 +169,33 @@ def test_minilm_matches_hf_peft():
     ids = torch.randint(1000, 2000, (2, 10), generator=torch.Generator().manual_seed(3))
     a, b = ours(input_ids=ids).last_hidden_state, twin(input_ids=ids).last_hidden_state
     assert rel(a, b) <= 1e-5
+
+
+@pytest.mark.parametrize("config", [
+    peftcore.HydraConfig(r_parallel=4, r_sequential=2, target_modules=["q_proj", "down_proj"]),
+    peftcore.BoneConfig(r=16, target_modules=["o_proj", "up_proj"]),
+    peftcore.BoneConfig(r=8, variant="mini", mini_r=4, target_modules=["v_proj"]),
+], ids=["hydra", "bone", "mini"])
+def test_other_adapter_kinds_inject_save_load_merge(tmp_path, config):
+    base = tiny_llama()
+    model = peftcore.inject(copy.deepcopy(base), config)
+    layers = peftcore.model.adapter_layers(model)
+    assert layers and all(type(m).__name__ in ("HydraLinear", "BoneLinear") for m in layers.values())
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in (p for p in model.parameters() if p.requires_grad):
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    ids = torch.randint(0, 128, (2, 6))
+    with torch.no_grad():
+        expected = model(ids).logits
+    peftcore.save_adapter(model, tmp_path / "a")
+    saved_config = json.loads((tmp_path / "a" / "peftcore_config.json").read_text())["config"]
+    assert saved_config["kind"] == config.kind
+    fresh = peftcore.load_adapter(copy.deepcopy(base), tmp_path / "a")
+    with torch.no_grad():
+        assert torch.equal(fresh(ids).logits, expected)
+        plain = peftcore.merge_and_unload(fresh)
+        assert not peftcore.model.adapter_layers(plain)
+        assert rel(plain(ids).logits, expected) <= 1e-5
+    with pytest.raises(ValueError, match="to_peft writes LoRA adapters"):
+        peftcore.to_peft(model, tmp_path / "p")

@@ -1,10 +1,18 @@
-"""Adapter configurations (dataclasses), with HF PEFT's matching rules."""
+"""Adapter configurations (dataclasses), with HF PEFT's matching rules.
+
+Every config names the modules it adapts (`target_modules`, `exclude_modules`),
+the modules trained in full (`modules_to_save`), and knows how to build its layer
+around an nn.Linear and the shapes of that layer's parameters."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Union
+
+from torch import nn
+
+from ..layers import BoneLinear, HydraLinear, LoraLinear
 
 Targets = Union[list[str], str, None]
 
@@ -20,33 +28,84 @@ def matches(name: str, targets: Targets) -> bool:
 
 
 @dataclass
-class LoraConfig:
-    """LoRA on every nn.Linear whose name matches `target_modules`.
+class _AdapterConfig:
+    target_modules: Targets = field(default_factory=lambda: ["q_proj", "v_proj"])
+    exclude_modules: Targets = None
+    modules_to_save: Optional[list[str]] = None
 
-    r, alpha, dropout, use_rslora: as `peftcore.LoraLinear`. target_modules:
-    suffixes ("q_proj") or a regex over full names; exclude_modules: same form,
-    applied after. modules_to_save: suffixes of modules kept trainable in full
-    (e.g. a classification head).
-    """
+    def to_dict(self) -> dict:
+        return {**asdict(self), "kind": self.kind}
 
+
+@dataclass
+class LoraConfig(_AdapterConfig):
+    """LoRA (`peftcore.LoraLinear`): r, alpha, dropout, use_rslora."""
+
+    kind = "lora"
     r: int = 8
     alpha: float = 8.0
     dropout: float = 0.0
-    target_modules: Targets = field(default_factory=lambda: ["q_proj", "v_proj"])
-    exclude_modules: Targets = None
     use_rslora: bool = False
-    modules_to_save: Optional[list[str]] = None
-    kind: str = "lora"
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def make_layer(self, base: nn.Linear) -> nn.Module:
+        return LoraLinear(base, r=self.r, alpha=self.alpha, dropout=self.dropout, use_rslora=self.use_rslora)
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "LoraConfig":
-        if data.get("kind", "lora") != "lora":
-            raise ValueError(f"unknown adapter kind {data.get('kind')!r}; this build knows 'lora'")
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown LoraConfig fields {unknown}")
-        return cls(**data)
+    def param_shapes(self, n_in: int, n_out: int) -> dict[str, tuple[int, ...]]:
+        return {"lora_A.weight": (self.r, n_in), "lora_B.weight": (n_out, self.r)}
+
+
+@dataclass
+class HydraConfig(_AdapterConfig):
+    """Hydra (`peftcore.HydraLinear`): a parallel and a sequential low-rank branch."""
+
+    kind = "hydra"
+    r_parallel: int = 8
+    r_sequential: int = 8
+    alpha_parallel: float = 8.0
+    alpha_sequential: float = 8.0
+    dropout: float = 0.0
+
+    def make_layer(self, base: nn.Linear) -> nn.Module:
+        return HydraLinear(base, self.r_parallel, self.r_sequential, self.alpha_parallel,
+                           self.alpha_sequential, self.dropout)
+
+    def param_shapes(self, n_in: int, n_out: int) -> dict[str, tuple[int, ...]]:
+        shapes = {}
+        if self.r_parallel:
+            shapes.update({"A_p": (self.r_parallel, n_in), "B_p": (n_out, self.r_parallel)})
+        if self.r_sequential:
+            shapes.update({"A_s": (self.r_sequential, n_out), "B_s": (n_out, self.r_sequential)})
+        return shapes
+
+
+@dataclass
+class BoneConfig(_AdapterConfig):
+    """MiSS / Bone (`peftcore.BoneLinear`): block size r, variant "bone" or "mini"."""
+
+    kind = "bone"
+    r: int = 64
+    variant: str = "bone"
+    mini_r: int = 1
+    dropout: float = 0.0
+
+    def make_layer(self, base: nn.Linear) -> nn.Module:
+        return BoneLinear(base, r=self.r, variant=self.variant, mini_r=self.mini_r, dropout=self.dropout)
+
+    def param_shapes(self, n_in: int, n_out: int) -> dict[str, tuple[int, ...]]:
+        return {"miss_block": (self.r, n_out if self.variant == "bone" else self.mini_r)}
+
+
+CONFIGS = {c.kind: c for c in (LoraConfig, HydraConfig, BoneConfig)}
+
+
+def config_from_dict(data: dict):
+    """Rebuilds a config saved with `to_dict`; unknown kinds or fields raise ValueError."""
+    data = dict(data)
+    kind = data.pop("kind", "lora")
+    if kind not in CONFIGS:
+        raise ValueError(f"unknown adapter kind {kind!r}; this build knows {sorted(CONFIGS)}")
+    cls = CONFIGS[kind]
+    unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}")
+    return cls(**data)

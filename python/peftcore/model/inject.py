@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..layers import LoraLinear
-from .config import LoraConfig, matches
+from ..layers import BoneLinear, HydraLinear, LoraLinear
+from .config import matches
+
+ADAPTER_LAYERS = (LoraLinear, HydraLinear, BoneLinear)
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -14,11 +16,11 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, attr, module)
 
 
-def target_names(model: nn.Module, config: LoraConfig) -> list[str]:
+def target_names(model: nn.Module, config) -> list[str]:
     """The nn.Linear modules `config` selects (already-adapted layers excluded)."""
     names = []
     for name, module in model.named_modules():
-        if isinstance(module, LoraLinear) or ".base_layer" in name or name.endswith("base_layer"):
+        if isinstance(module, ADAPTER_LAYERS) or ".base_layer" in name or name.endswith("base_layer"):
             continue
         if isinstance(module, nn.Linear) and matches(name, config.target_modules) \
                 and not matches(name, config.exclude_modules):
@@ -26,9 +28,10 @@ def target_names(model: nn.Module, config: LoraConfig) -> list[str]:
     return names
 
 
-def inject(model: nn.Module, config: LoraConfig) -> nn.Module:
-    """Replaces each matching nn.Linear by a LoraLinear (in place), freezes every
-    other parameter except `modules_to_save`, and returns the model."""
+def inject(model: nn.Module, config) -> nn.Module:
+    """Replaces each matching nn.Linear by the config's adapter layer (LoraLinear,
+    HydraLinear or BoneLinear; in place), freezes every other parameter except
+    `modules_to_save`, and returns the model."""
     names = target_names(model, config)
     if not names:
         linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
@@ -38,13 +41,17 @@ def inject(model: nn.Module, config: LoraConfig) -> nn.Module:
         p.requires_grad_(False)
     for name in names:
         base = model.get_submodule(name)
-        _set_submodule(model, name, LoraLinear(base, r=config.r, alpha=config.alpha,
-                                               dropout=config.dropout, use_rslora=config.use_rslora))
+        _set_submodule(model, name, config.make_layer(base))
     for name, module in model.named_modules():
         if config.modules_to_save and matches(name, config.modules_to_save):
             module.requires_grad_(True)
     model.peftcore_config = config
     return model
+
+
+def adapter_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every peftcore adapter layer of the model, by module name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, ADAPTER_LAYERS)}
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:
@@ -64,18 +71,18 @@ def print_trainable_parameters(model: nn.Module) -> None:
 
 
 def merge(model: nn.Module) -> None:
-    for layer in lora_layers(model).values():
+    for layer in adapter_layers(model).values():
         layer.merge()
 
 
 def unmerge(model: nn.Module) -> None:
-    for layer in lora_layers(model).values():
+    for layer in adapter_layers(model).values():
         layer.unmerge()
 
 
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """Folds every adapter into its base weight and puts the plain nn.Linear back."""
-    for name, layer in lora_layers(model).items():
+    for name, layer in adapter_layers(model).items():
         layer.merge()
         _set_submodule(model, name, layer.base_layer)
     if hasattr(model, "peftcore_config"):
@@ -87,5 +94,5 @@ def remove_adapters(model: nn.Module, names) -> None:
     """Puts the base layers back at `names` without merging (used to undo a failed load)."""
     for name in names:
         layer = model.get_submodule(name)
-        if isinstance(layer, LoraLinear):
+        if isinstance(layer, ADAPTER_LAYERS):
             _set_submodule(model, name, layer.base_layer)

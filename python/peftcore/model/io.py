@@ -4,6 +4,7 @@ touching the model, and a failed load leaves the model as it was."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -13,8 +14,8 @@ from typing import Callable, Union
 import torch
 from torch import Tensor, nn
 
-from .config import LoraConfig
-from .inject import inject, lora_layers, remove_adapters, target_names
+from .config import LoraConfig, config_from_dict
+from .inject import adapter_layers, inject, remove_adapters, target_names
 
 PathLike = Union[str, os.PathLike]
 CONFIG = "peftcore_config.json"
@@ -40,11 +41,16 @@ def _write_json(path: Path, data: dict) -> None:
     _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2)))
 
 
+def _layer_params(layer: nn.Module) -> dict[str, Tensor]:
+    """An adapter layer's own parameters (not its base layer's), by name."""
+    return {n: p for n, p in layer.named_parameters() if not n.startswith("base_layer.")}
+
+
 def _adapter_tensors(model: nn.Module, prefix: str = "") -> dict[str, Tensor]:
     out = {}
-    for name, layer in lora_layers(model).items():
-        out[f"{prefix}{name}.lora_A.weight"] = layer.lora_A.weight.detach().cpu().contiguous()
-        out[f"{prefix}{name}.lora_B.weight"] = layer.lora_B.weight.detach().cpu().contiguous()
+    for name, layer in adapter_layers(model).items():
+        for pname, p in _layer_params(layer).items():
+            out[f"{prefix}{name}.{pname}"] = p.detach().cpu().contiguous()
     return out
 
 
@@ -65,9 +71,9 @@ def _read_json(path: Path) -> dict:
         raise ValueError(f"{path}: not a readable JSON config ({exc})") from exc
 
 
-def _require_injected(model: nn.Module) -> LoraConfig:
+def _require_injected(model: nn.Module):
     config = getattr(model, "peftcore_config", None)
-    if config is None or not lora_layers(model):
+    if config is None or not adapter_layers(model):
         raise ValueError("the model has no peftcore adapters (call peftcore.inject first)")
     return config
 
@@ -84,43 +90,46 @@ def save_adapter(model: nn.Module, directory: PathLike) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     tensors = _adapter_tensors(model)
     _atomic_write(directory / WEIGHTS, lambda tmp: save_file(tensors, tmp))
-    _write_json(directory / CONFIG, {"config": config.to_dict(), "layers": sorted(lora_layers(model))})
+    _write_json(directory / CONFIG, {"config": config.to_dict(), "layers": sorted(adapter_layers(model))})
 
 
-def _check_tensors(tensors: dict[str, Tensor], model: nn.Module, names: list[str], r: int, source: Path,
+def _base_linear(model: nn.Module, name: str) -> nn.Linear:
+    module = model.get_submodule(name)
+    return getattr(module, "base_layer", module)
+
+
+def _check_tensors(tensors: dict[str, Tensor], model: nn.Module, names: list[str], config, source: Path,
                    key: Callable[[str, str], str]) -> None:
-    """Every adapted layer has lora_A [r, in] and lora_B [out, r], nothing else is there."""
-    expected = {key(n, part) for n in names for part in ("lora_A", "lora_B")}
+    """Every adapted layer has exactly the parameters `config` gives it, with their shapes."""
+    shapes = {n: config.param_shapes(_base_linear(model, n).in_features, _base_linear(model, n).out_features)
+              for n in names}
+    expected = {key(n, p) for n in names for p in shapes[n]}
     missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
     if missing or extra:
         raise ValueError(f"{source}: checkpoint does not match the model: missing {missing[:4]}, "
                          f"unexpected {extra[:4]}")
     for n in names:
-        base = model.get_submodule(n)
-        base = getattr(base, "base_layer", base)
-        for part, shape in (("lora_A", (r, base.in_features)), ("lora_B", (base.out_features, r))):
-            t = tensors[key(n, part)]
-            if tuple(t.shape) != shape:
-                raise ValueError(f"{source}: {key(n, part)} has shape {tuple(t.shape)}, "
-                                 f"the model needs {shape}")
+        for p, shape in shapes[n].items():
+            t = tensors[key(n, p)]
+            if tuple(t.shape) != tuple(shape):
+                raise ValueError(f"{source}: {key(n, p)} has shape {tuple(t.shape)}, the model needs {tuple(shape)}")
 
 
-def _install(model: nn.Module, config: LoraConfig, names: list[str], tensors: dict[str, Tensor],
+def _install(model: nn.Module, config, names: list[str], tensors: dict[str, Tensor],
              key: Callable[[str, str], str]) -> nn.Module:
     """Injects (where needed) and copies the weights; undoes everything if it fails."""
     grad_state = {n: p.requires_grad for n, p in model.named_parameters()}
     had_config = hasattr(model, "peftcore_config")
-    fresh = [n for n in names if n not in lora_layers(model)]
+    fresh = [n for n in names if n not in adapter_layers(model)]
     try:
         if fresh:
-            sub = LoraConfig(**{**config.to_dict(), "target_modules": fresh, "exclude_modules": None})
-            inject(model, sub)
+            inject(model, dataclasses.replace(config, target_modules=fresh, exclude_modules=None))
             model.peftcore_config = config
-        layers = lora_layers(model)
+        layers = adapter_layers(model)
         with torch.no_grad():
             for n in names:
-                layers[n].lora_A.weight.copy_(tensors[key(n, "lora_A")])
-                layers[n].lora_B.weight.copy_(tensors[key(n, "lora_B")])
+                for pname, p in _layer_params(layers[n]).items():
+                    p.copy_(tensors[key(n, pname)])
     except BaseException:
         remove_adapters(model, fresh)
         for n, p in model.named_parameters():
@@ -137,11 +146,11 @@ def load_adapter(model: nn.Module, directory: PathLike) -> nn.Module:
     directory = Path(directory)
     meta = _read_json(directory / CONFIG)
     try:
-        config, names = LoraConfig.from_dict(meta["config"]), list(meta["layers"])
+        config, names = config_from_dict(meta["config"]), list(meta["layers"])
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{directory / CONFIG}: malformed ({exc})") from exc
     tensors = _read_safetensors(directory / WEIGHTS)
-    existing = lora_layers(model)
+    existing = adapter_layers(model)
     for n in names:
         try:
             module = model.get_submodule(n)
@@ -149,10 +158,13 @@ def load_adapter(model: nn.Module, directory: PathLike) -> nn.Module:
             raise ValueError(f"{directory}: the model has no module {n!r}") from exc
         if n not in existing and not isinstance(module, nn.Linear):
             raise ValueError(f"{directory}: module {n!r} is a {type(module).__name__}, not nn.Linear")
-        if n in existing and existing[n].r != config.r:
-            raise ValueError(f"{directory}: {n} has rank {existing[n].r} in the model, {config.r} in the file")
-    key = lambda n, part: f"{n}.{part}.weight"  # noqa: E731
-    _check_tensors(tensors, model, names, config.r, directory / WEIGHTS, key)
+        if n in existing:
+            have = {p: tuple(t.shape) for p, t in _layer_params(existing[n]).items()}
+            base = _base_linear(model, n)
+            if have != {p: tuple(s) for p, s in config.param_shapes(base.in_features, base.out_features).items()}:
+                raise ValueError(f"{directory}: {n} already holds a different adapter ({have})")
+    key = lambda n, pname: f"{n}.{pname}"  # noqa: E731
+    _check_tensors(tensors, model, names, config, directory / WEIGHTS, key)
     return _install(model, config, names, tensors, key)
 
 
@@ -165,9 +177,11 @@ def to_peft(model: nn.Module, directory: PathLike) -> None:
     from safetensors.torch import save_file
 
     config = _require_injected(model)
+    if config.kind != "lora":
+        raise ValueError(f"to_peft writes LoRA adapters; this model has {config.kind!r} adapters")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    names = sorted(lora_layers(model))
+    names = sorted(adapter_layers(model))
     peft_config = {
         "peft_type": "LORA", "task_type": None, "r": config.r, "lora_alpha": config.alpha,
         "lora_dropout": config.dropout, "use_rslora": config.use_rslora, "target_modules": names,
@@ -202,11 +216,11 @@ def from_peft(model: nn.Module, directory: PathLike) -> nn.Module:
             tensors = torch.load(directory / "adapter_model.bin", map_location="cpu", weights_only=True)
         except Exception as exc:
             raise ValueError(f"{directory}: no readable adapter_model.safetensors or .bin ({exc})") from exc
-    names = target_names(model, config) + [n for n in lora_layers(model) if n in
+    names = target_names(model, config) + [n for n in adapter_layers(model) if n in
                                            {k[len(PEFT_PREFIX):].rsplit(".lora_", 1)[0] for k in tensors}]
     names = sorted(set(names))
     if not names:
         raise ValueError(f"{directory}: target_modules={config.target_modules!r} match no nn.Linear of the model")
-    key = lambda n, part: f"{PEFT_PREFIX}{n}.{part}.weight"  # noqa: E731
-    _check_tensors(tensors, model, names, config.r, weights, key)
+    key = lambda n, pname: f"{PEFT_PREFIX}{n}.{pname}"  # noqa: E731
+    _check_tensors(tensors, model, names, config, weights, key)
     return _install(model, config, names, tensors, key)
