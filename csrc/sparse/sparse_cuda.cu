@@ -64,7 +64,7 @@ std::pair<at::Tensor, at::Tensor> merge_parts(const at::Tensor& param, const std
   const auto [sorted, perm] = at::sort(at::cat(idx_parts), /*stable=*/true, 0, false);
   const auto [uniq, inverse, counts] = at::unique_consecutive(sorted, false, true);
   return {uniq, at::segment_reduce(at::cat(val_parts).index_select(0, perm), "sum",
-                                   /*path=*/std::nullopt, counts)};
+                                   /*lengths=*/counts)};
 }
 
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> sparse_compose_cuda(
