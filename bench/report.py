@@ -40,11 +40,58 @@ def family_table(path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_family(path: Path):
+    """A bar chart per family: each candidate's time relative to the first baseline of
+    its case (lower is faster), one group of bars per case. Written next to the JSON."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads(path.read_text())
+    rows, meta = data["rows"], data["meta"]
+    if not rows:
+        return None
+    case_keys = [k for k in ("shape", "set", "dropout") if k in rows[0]]
+    if len({r["op"] for r in rows}) > 1:
+        case_keys.insert(0, "op")
+
+    def case_of(r) -> str:
+        return " ".join(f"p={r[k]}" if k == "dropout" else str(r[k]) for k in case_keys)
+
+    cases, candidates = [], []
+    for r in rows:
+        if case_of(r) not in cases:
+            cases.append(case_of(r))
+        if r["candidate"] not in candidates:
+            candidates.append(r["candidate"])
+    times = {(case_of(r), r["candidate"]): r["median_ms"] for r in rows}
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(cases)), 4))
+    width = 0.8 / len(candidates)
+    for i, cand in enumerate(candidates):
+        ys = [times.get((c, cand), float("nan")) / times[(c, candidates[0])] for c in cases]
+        ax.bar([x + i * width for x in range(len(cases))], ys, width, label=cand)
+    ax.set_xticks([x + width * (len(candidates) - 1) / 2 for x in range(len(cases))])
+    ax.set_xticklabels(cases, rotation=15, ha="right", fontsize=8)
+    ax.axhline(1.0, color="gray", linewidth=0.8)
+    ax.set_ylabel(f"median time / {candidates[0]} (lower is faster)")
+    ax.set_title(f"{meta['family']} on {meta['machine']} ({meta['date']})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = path.with_suffix(".png")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def section() -> str:
     parts = [BEGIN, ""]
     for machine in sorted(p for p in RESULTS.iterdir() if p.is_dir()):
         for path in sorted(machine.glob("*.json")):
             parts.append(family_table(path))
+            png = plot_family(path)
+            if png is not None:
+                parts.append(f"![{path.stem} on {machine.name}]({png.relative_to(ROOT).as_posix()})\n")
     parts.append(END)
     return "\n".join(parts)
 
