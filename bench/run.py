@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine_name, measure_limits, write_results  # noqa: E402
 
-FAMILIES = {"lora": "bench_lora", "optim": "bench_optim", "sparse": "bench_sparse"}
+FAMILIES = {"lora": "bench_lora", "adapters": "bench_adapters", "optim": "bench_optim", "sparse": "bench_sparse"}
 
 
 def progress_bar(items, desc: str):

@@ -62,4 +62,14 @@ TORCH_LIBRARY(peftcore, m) {
       "float scale_s, float dropout_p, Tensor? dropout_seed, bool[7] output_mask) -> (Tensor grad_x, "
       "Tensor grad_weight, Tensor grad_bias, Tensor grad_A_p, Tensor grad_B_p, Tensor grad_A_s, "
       "Tensor grad_B_s)");
+
+  // MiSS "bat" (Weight Guide): y = x W'^T + bias with, for every r x r block,
+  // W'_ij = W_ij (I + block_i) + block_i (i the output block). W' is rebuilt per
+  // call; backward never materialises the out x in weight gradient.
+  m.def("bone_bat_linear(Tensor x, Tensor weight, Tensor? bias, Tensor block) -> Tensor");
+  // output_mask selects (x, weight, bias, block).
+  m.def(
+      "bone_bat_linear_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor block, "
+      "bool[4] output_mask) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias, Tensor grad_block)");
+  m.def("bone_bat_weight(Tensor weight, Tensor block) -> Tensor");
 }

@@ -43,8 +43,64 @@ def test_matches_peft_miss(device, variant, n_in, n_out, r, mini_r):
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="variant must be one of"):
-        peftcore.BoneLinear(nn.Linear(8, 8), r=4, variant="bat")
+        peftcore.BoneLinear(nn.Linear(8, 8), r=4, variant="nope")
+    with pytest.raises(ValueError, match="bat form needs in_features"):
+        peftcore.BoneLinear(nn.Linear(8, 6), r=4, variant="bat")
     with pytest.raises(ValueError, match=r"r must be an int in \[1, in_features=8\]"):
         peftcore.BoneLinear(nn.Linear(8, 8), r=9)
     with pytest.raises(ValueError, match="mini_r must be a positive divisor"):
         peftcore.BoneLinear(nn.Linear(8, 9), r=4, variant="mini", mini_r=2)
+
+
+@pytest.mark.parametrize("n_in,n_out,r", [(64, 48, 16), (32, 32, 4), (8, 16, 8)])
+def test_bat_matches_peft_miss(device, n_in, n_out, r):
+    from peft import MissConfig
+    from peft.tuners.miss.layer import MissLinear
+
+    torch.manual_seed(0)
+    base = nn.Linear(n_in, n_out, device=device)
+    ours = peftcore.BoneLinear(copy.deepcopy(base), r=r, variant="bat")
+    theirs = MissLinear(copy.deepcopy(base), "default", config=MissConfig(r=r, init_weights="bat"), r=r).to(device)
+    with torch.no_grad():
+        ours.miss_block.normal_(0, 0.1)
+        theirs.miss_block["default"].copy_(ours.miss_block)
+    x = torch.randn(4, 3, n_in, device=device)
+    y = assert_same_forward_backward(ours, theirs, x, [(ours.miss_block, theirs.miss_block["default"])])
+    ours.merge()
+    assert_rel_close(ours(x), y, 1e-5, "merged")
+    ours.unmerge()
+    assert_rel_close(ours.base_layer.weight, base.weight, 1e-5, "unmerged")
+
+
+def test_bat_op_reference_gradcheck_opcheck(device):
+    from peftcore import reference
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 8, generator=gen, dtype=torch.float64).to(device).requires_grad_(True)
+    w = torch.randn(12, 8, generator=gen, dtype=torch.float64).to(device).requires_grad_(True)
+    b = torch.randn(12, generator=gen, dtype=torch.float64).to(device).requires_grad_(True)
+    blk = (torch.randn(3, 4, 4, generator=gen, dtype=torch.float64) * 0.1).to(device).requires_grad_(True)
+    op = torch.ops.peftcore.bone_bat_linear
+    ref = torch.nn.functional.linear(x, reference.bat_weight(w, blk), b)
+    out = op(x, w, b, blk)
+    assert (out - ref).abs().max() < 1e-12
+    for a, c in zip(torch.autograd.grad(out.sum(), [x, w, b, blk]), torch.autograd.grad(ref.sum(), [x, w, b, blk])):
+        assert (a - c).abs().max() < 1e-12
+    assert torch.autograd.gradcheck(op, (x, w, b, blk))
+    torch.library.opcheck(op, (x.float().detach().requires_grad_(True), w.float().detach(), b.float().detach(),
+                               blk.float().detach().requires_grad_(True)))
+    with pytest.raises(RuntimeError, match="divisible by the block size r=4"):
+        op(torch.randn(2, 10, device=device), torch.randn(12, 10, device=device), None, torch.zeros(3, 4, 4, device=device))
+
+
+def test_bat_backward_band_covers_many_blocks():
+    # More output rows than one band (512): the banded contraction must still be exact.
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(7, 64, generator=gen, dtype=torch.float64)
+    w = torch.randn(1024, 64, generator=gen, dtype=torch.float64)
+    blk = (torch.randn(1024 // 16, 16, 16, generator=gen, dtype=torch.float64) * 0.1).requires_grad_(True)
+    from peftcore import reference
+    g = torch.randn(7, 1024, generator=gen, dtype=torch.float64)
+    (ours,) = torch.autograd.grad(torch.ops.peftcore.bone_bat_linear(x, w, None, blk), [blk], g)
+    (ref,) = torch.autograd.grad(torch.nn.functional.linear(x, reference.bat_weight(w, blk)), [blk], g)
+    assert (ours - ref).abs().max() < 1e-10

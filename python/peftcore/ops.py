@@ -226,3 +226,54 @@ torch.library.register_autograd(
     _no_double_backward("peftcore::hydra_linear_backward"),
     setup_context=lambda ctx, inputs, output: None,
 )
+
+
+# ---------------------------------------------------------------------------- MiSS bat
+
+
+@torch.library.register_fake("peftcore::bone_bat_linear")
+def _bone_bat_linear_fake(x, weight, bias, block):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+@torch.library.register_fake("peftcore::bone_bat_weight")
+def _bone_bat_weight_fake(weight, block):
+    return weight.new_empty(weight.shape)
+
+
+@torch.library.register_fake("peftcore::bone_bat_linear_backward")
+def _bone_bat_linear_backward_fake(grad_out, x, weight, block, output_mask):
+    shapes = (x.shape, weight.shape, (weight.shape[0],), block.shape)
+    return tuple(x.new_empty(s if m else (0,)) for s, m in zip(shapes, output_mask))
+
+
+def _bat_setup_context(ctx, inputs, output):
+    x, weight, bias, block = inputs
+    ctx.save_for_backward(x, weight, block)
+    ctx.has_bias = bias is not None
+
+
+def _bat_backward(ctx, grad_out):
+    x, weight, block = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    mask = [needs[0], needs[1], ctx.has_bias and needs[2], needs[3]]
+    grads = _ops.bone_bat_linear_backward(grad_out, x, weight, block, mask)
+    return tuple(g if m else None for g, m in zip(grads, mask))
+
+
+torch.library.register_autograd("peftcore::bone_bat_linear", _bat_backward, setup_context=_bat_setup_context)
+torch.library.register_autograd(
+    "peftcore::bone_bat_linear_backward",
+    _no_double_backward("peftcore::bone_bat_linear_backward"),
+    setup_context=lambda ctx, inputs, output: None,
+)
+
+
+def bone_bat_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], block: Tensor) -> Tensor:
+    """MiSS bat: ``x W'^T + b`` with ``W'_ij = W_ij (I + block_i) + block_i``."""
+    return _ops.bone_bat_linear(x, weight, bias, block)
+
+
+def bone_bat_weight(weight: Tensor, block: Tensor) -> Tensor:
+    """The bat-transformed weight W' (no autograd; used by merge)."""
+    return _ops.bone_bat_weight(weight, block)

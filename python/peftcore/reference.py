@@ -216,3 +216,24 @@ def hydra_merged_weight(weight, bias, A_p, B_p, A_s, B_s, scale_p, scale_s):
     if A_p is not None:
         w = w + scale_p * (B_p @ A_p)
     return w, b
+
+
+# ---------------------------------------------------------------------------- MiSS bat
+
+
+def bat_weight(weight: Tensor, block: Tensor) -> Tensor:
+    """W'_ij = W_ij (I + b_i) + b_i for every r x r block (i: output block, j: input block)."""
+    r = block.shape[-1]
+    out, n_in = weight.shape
+    w = weight.reshape(out // r, r, n_in // r, r)  # [i, a, j, c]
+    grown = torch.einsum("iajc,icd->iajd", w, block + torch.eye(r, dtype=block.dtype, device=block.device))
+    return (grown + block[:, :, None, :]).reshape(out, n_in)
+
+
+def bat_unmerge(merged: Tensor, block: Tensor) -> Tensor:
+    """W_ij = (W'_ij - b_i)(I + b_i)^-1, the inverse of bat_weight."""
+    r = block.shape[-1]
+    out, n_in = merged.shape
+    inv = torch.linalg.inv(block + torch.eye(r, dtype=block.dtype, device=block.device))
+    w = merged.reshape(out // r, r, n_in // r, r) - block[:, :, None, :]
+    return torch.einsum("iajc,icd->iajd", w, inv).reshape(out, n_in)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .. import ops
+from .. import ops, reference
 
-VARIANTS = ("bone", "mini")
+VARIANTS = ("bone", "mini", "bat")
 
 
 def block_sum_matrix(r: int, in_features: int, dtype, device) -> Tensor:
@@ -27,10 +27,16 @@ class BoneLinear(nn.Module):
     * ``mini`` (``init_weights="mini"``): ``miss_block [r, mini_r]``, repeated
       ``out / mini_r`` times along the output dimension.
 
-    Both are LoRA with a fixed block-sum A and B = the (tiled) block transposed,
-    so they run on the fused LoRA op. ``merge`` adds the tiled block to every
-    r-column block of W (the last partial block takes its first in % r columns).
-    The ``bat`` form (a different op: W rebuilt per block) is not in this build.
+    * ``bat`` (``init_weights="bat"``, Weight Guide): ``miss_block [out/r, r, r]``,
+      zero-init; every r x r block of W becomes ``W_ij (I + b_i) + b_i``; needs in
+      and out divisible by r. Runs on ``bone_bat_linear``, whose backward never
+      forms the out x in weight gradient.
+
+    ``bone`` and ``mini`` are LoRA with a fixed block-sum A and B = the (tiled)
+    block transposed, so they run on the fused LoRA op; their ``merge`` adds the
+    tiled block to every r-column block of W (the last partial block takes its
+    first in % r columns). ``bat``'s merge writes W' and its unmerge solves
+    ``W_ij = (W'_ij - b_i)(I + b_i)^-1`` in float32 (float64 for float64 weights).
     """
 
     def __init__(self, base: nn.Linear, r: int = 64, variant: str = "bone", mini_r: int = 1,
@@ -42,6 +48,9 @@ class BoneLinear(nn.Module):
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         if not isinstance(r, int) or r < 1 or r > base.in_features:
             raise ValueError(f"r must be an int in [1, in_features={base.in_features}], got {r!r}")
+        if variant == "bat" and (base.in_features % r or base.out_features % r):
+            raise ValueError(f"the bat form needs in_features ({base.in_features}) and out_features "
+                             f"({base.out_features}) divisible by r={r}")
         if variant == "mini" and (mini_r < 1 or base.out_features % mini_r):
             raise ValueError(f"mini_r must be a positive divisor of out_features={base.out_features}, got {mini_r}")
         if not 0.0 <= float(dropout) < 1.0:
@@ -49,11 +58,13 @@ class BoneLinear(nn.Module):
         self.base_layer = base.requires_grad_(False)
         self.in_features, self.out_features = base.in_features, base.out_features
         self.r, self.variant, self.mini_r, self.dropout_p = r, variant, mini_r, float(dropout)
-        cols = self.out_features if variant == "bone" else mini_r
         w = base.weight
-        self.miss_block = nn.Parameter(torch.zeros(r, cols, dtype=w.dtype, device=w.device))
-        self.register_buffer("block_sum", block_sum_matrix(r, self.in_features, w.dtype, w.device),
-                             persistent=False)
+        shape = {"bone": (r, self.out_features), "mini": (r, mini_r),
+                 "bat": (self.out_features // r, r, r)}[variant]
+        self.miss_block = nn.Parameter(torch.zeros(shape, dtype=w.dtype, device=w.device))
+        if variant != "bat":
+            self.register_buffer("block_sum", block_sum_matrix(r, self.in_features, w.dtype, w.device),
+                                 persistent=False)
         self.merged = False
 
     def _up(self) -> Tensor:
@@ -70,20 +81,33 @@ class BoneLinear(nn.Module):
 
     @torch.no_grad()
     def merge(self) -> None:
-        if not self.merged:
-            self.base_layer.weight.add_(self.delta_weight())
-            self.merged = True
+        if self.merged:
+            return
+        w = self.base_layer.weight
+        if self.variant == "bat":
+            w.copy_(ops.bone_bat_weight(w, self.miss_block.to(w.dtype)))
+        else:
+            w.add_(self.delta_weight())
+        self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        if self.merged:
-            self.base_layer.weight.sub_(self.delta_weight())
-            self.merged = False
+        if not self.merged:
+            return
+        w = self.base_layer.weight
+        if self.variant == "bat":
+            compute = torch.promote_types(w.dtype, torch.float32)
+            w.copy_(reference.bat_unmerge(w.to(compute), self.miss_block.to(compute)))
+        else:
+            w.sub_(self.delta_weight())
+        self.merged = False
 
     def forward(self, x: Tensor) -> Tensor:
         if self.merged:
             return self.base_layer(x)
         w = self.base_layer.weight
+        if self.variant == "bat":
+            return ops.bone_bat_linear(x, w, self.base_layer.bias, self.miss_block.to(w.dtype))
         return ops.lora_linear(x, w, self.base_layer.bias, self.block_sum.to(w.dtype), self._up().to(w.dtype),
                                1.0, self.dropout_p, self.training)
 

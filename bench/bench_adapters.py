@@ -1,0 +1,79 @@
+"""Hydra and MiSS/Bone layers, forward + backward: peftcore vs HF PEFT's MissLinear
+(bone and bat forms) and the frozen base linear. PEFT's bat rebuilds W' with two
+out x in temporaries and materialises the full weight gradient in backward;
+peftcore's keeps one W' temporary and contracts the weight gradient band by band."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+import peftcore
+
+from bench_lora import saved_activation_bytes
+from common import Limits, time_alternating
+
+QUICK_SHAPES = [(4096, 1024, 1024, 64)]
+FULL_SHAPES = [(n, d, d, 64) for d in (4096,) for n in (2048, 8192)]
+
+
+def peft_miss(base: nn.Linear, r: int, form) -> nn.Module:
+    from peft import MissConfig
+    from peft.tuners.miss.layer import MissLinear
+
+    layer = MissLinear(copy.deepcopy(base), "default", config=MissConfig(r=r, init_weights=form), r=r)
+    layer.base_layer.requires_grad_(False)
+    return layer
+
+
+def build(base: nn.Linear, r: int) -> dict[str, nn.Module]:
+    mods = {
+        "frozen base": copy.deepcopy(base).requires_grad_(False),
+        "peftcore bone": peftcore.BoneLinear(copy.deepcopy(base), r=r, variant="bone"),
+        "hf peft bone": peft_miss(base, r, True),
+        "peftcore bat": peftcore.BoneLinear(copy.deepcopy(base), r=r, variant="bat"),
+        "hf peft bat": peft_miss(base, r, "bat"),
+        "peftcore hydra 16+16": peftcore.HydraLinear(copy.deepcopy(base), 16, 16, 32, 32),
+    }
+    with torch.no_grad():  # non-zero adapters, the same in both libraries
+        for kind in ("bone", "bat"):
+            ours, theirs = mods[f"peftcore {kind}"], mods[f"hf peft {kind}"]
+            ours.miss_block.normal_(0, 0.01)
+            theirs.miss_block["default"].copy_(ours.miss_block)
+    return mods
+
+
+def run(device: torch.device, dtype: torch.dtype, quick: bool, limits: Limits, progress) -> list[dict]:
+    rows = []
+    reps, rounds = (3, 4) if device.type == "cpu" else (10, 10)
+    for n, i, o, r in progress(QUICK_SHAPES if quick else FULL_SHAPES, desc="adapters"):
+        torch.manual_seed(0)
+        mods = build(nn.Linear(i, o, device=device, dtype=dtype), r)
+        xs = [torch.randn(n, i, device=device, dtype=dtype, requires_grad=True) for _ in range(3)]
+        grad = torch.randn(n, o, device=device, dtype=dtype)
+        counter = [0]
+
+        def step(module):
+            def fn():
+                counter[0] += 1
+                module(xs[counter[0] % 3]).backward(grad)
+            return fn
+
+        t = time_alternating({k: step(m) for k, m in mods.items()}, device, reps=reps, rounds=rounds)
+        for name, timing in t.items():
+            peer = name.replace("peftcore", "hf peft") if name.startswith("peftcore") else None
+            rows.append({
+                "op": "adapter fwd+bwd",
+                "shape": f"N={n} {i}x{o} r={r}",
+                "dtype": str(dtype).replace("torch.", ""),
+                "device": device.type,
+                "candidate": name,
+                "median_ms": timing.median_s * 1e3,
+                "iqr_ms": (timing.q3_s - timing.q1_s) * 1e3,
+                "vs_frozen_base": timing.median_s / t["frozen base"].median_s,
+                "peft_over_this": t[peer].median_s / timing.median_s if peer in t else float("nan"),
+                "saved_MiB": saved_activation_bytes(mods[name], xs[0]) / 2**20,
+            })
+    return rows

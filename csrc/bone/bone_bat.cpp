@@ -1,0 +1,118 @@
+// MiSS "bat" on any device: written once over ATen (GEMMs on MKL / cuBLAS) and
+// registered as CompositeExplicitAutograd, with autograd from python/peftcore/ops.py.
+//
+// W' = blockwise W_ij (I + b_i) + b_i is one batched GEMM into a single out x in
+// temporary. Backward needs db_i = Σ_j (W_ij + I)^T dW'_ij with dW' = G^T x; it
+// takes dW' a band of output rows at a time (at most kBandRows x in), contracts the
+// band's r x r tiles with (W + I) at once, and drops it, so the out x in weight
+// gradient that HF PEFT's autograd materialises is never formed.
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/bmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/eye.h>
+#include <ATen/ops/matmul.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/accumulate.h>
+#include <torch/library.h>
+
+#include "common/checks.h"
+#include "lora/lora_checks.h"
+
+namespace peftcore {
+namespace {
+
+constexpr int64_t kBandRows = 512;
+
+struct BatDims {
+  int64_t rows, in, out, r;
+};
+
+BatDims check_bat(const char* op, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& block) {
+  check_floating(op, "x", x);
+  check_dim(op, "weight", weight, 2);
+  check_same_dtype_device(op, "weight", weight, "x", x);
+  const int64_t out = weight.size(0), in = weight.size(1);
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == in, op, ": x must have shape [..., in_features=", in, "], got ",
+              x.sizes());
+  check_dim(op, "block", block, 3);
+  const int64_t r = block.size(-1);
+  TORCH_CHECK(r > 0 && in % r == 0 && out % r == 0, op, ": the bat form needs in_features (", in,
+              ") and out_features (", out, ") divisible by the block size r=", r);
+  check_shape(op, "block", block, {out / r, r, r}, "[out_features / r, r, r]");
+  check_same_dtype_device(op, "block", block, "x", x);
+  return BatDims{c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1), in, out, r};
+}
+
+// W'_ij = W_ij (I + b_i) + b_i, as [out, in].
+at::Tensor bat_weight_impl(const at::Tensor& weight, const at::Tensor& block) {
+  const int64_t out = weight.size(0), in = weight.size(1), r = block.size(-1);
+  const int64_t ob = out / r, ib = in / r;
+  const at::Tensor grow = block.add(at::eye(r, block.options()));  // I + b_i, [ob, r, r]
+  // Rows (a, j) of output block i: [ob, r * ib, r] @ [ob, r, r].
+  at::Tensor w = at::matmul(weight.contiguous().view({ob, r * ib, r}), grow);
+  w.view({ob, r, ib, r}).add_(block.view({ob, r, 1, r}));
+  return w.view({out, in});
+}
+
+at::Tensor bone_bat_weight(const at::Tensor& weight, const at::Tensor& block) {
+  check_dim("bone_bat_weight", "weight", weight, 2);
+  check_bat("bone_bat_weight", at::empty({0, weight.size(1)}, weight.options()), weight, block);
+  return bat_weight_impl(weight, block);
+}
+
+at::Tensor bone_bat_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                           const at::Tensor& block) {
+  const BatDims d = check_bat("bone_bat_linear", x, weight, block);
+  const at::Tensor w = bat_weight_impl(weight, block);
+  const at::Tensor x2 = x.reshape({d.rows, d.in});
+  at::Tensor y = (bias.has_value() && bias->defined()) ? at::addmm(*bias, x2, w.t()) : at::mm(x2, w.t());
+  return y.view(with_last_dim(x, d.out));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bone_bat_linear_backward(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& block,
+    std::array<bool, 4> output_mask) {
+  const BatDims d = check_bat("bone_bat_linear_backward", x, weight, block);
+  check_shape("bone_bat_linear_backward", "grad_out", grad_out, with_last_dim(x, d.out), "[..., out_features]");
+  const at::Tensor g = grad_out.reshape({d.rows, d.out});
+  const at::Tensor x2 = x.reshape({d.rows, d.in});
+  const auto empty = [&] { return at::empty({0}, x.options()); };
+  at::Tensor grad_x = empty(), grad_w = empty(), grad_b = empty(), grad_block = empty();
+  if (output_mask[0]) grad_x = at::mm(g, bat_weight_impl(weight, block)).view(x.sizes());
+  if (output_mask[1]) {  // only when the base weight itself trains: dW_ij = dW'_ij (I + b_i)^T
+    const int64_t r = d.r, ob = d.out / r;
+    const at::Tensor grow = block.add(at::eye(r, block.options()));
+    grad_w = at::bmm(at::mm(g.t(), x2).view({ob, r * (d.in / r), r}), grow.transpose(1, 2)).view({d.out, d.in});
+  }
+  if (output_mask[2]) grad_b = at::sum(g, {0});
+  if (output_mask[3]) {
+    const int64_t r = d.r, ib = d.in / r, ob = d.out / r;
+    const bool low = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
+    grad_block = at::empty({ob, r, r}, block.options().dtype(low ? at::kFloat : block.scalar_type()));
+    const at::Tensor eye = at::eye(r, weight.options()).view({1, r, 1, r});
+    const int64_t band_blocks = std::max<int64_t>(1, kBandRows / r);
+    for (int64_t i0 = 0; i0 < ob; i0 += band_blocks) {
+      const int64_t nb = std::min(band_blocks, ob - i0);
+      // dW' for this band of output rows only: [nb * r, in].
+      const at::Tensor dw = at::mm(g.narrow(1, i0 * r, nb * r).t(), x2);
+      const at::Tensor w_plus_i = weight.narrow(0, i0 * r, nb * r).reshape({nb, r, ib, r}).add(eye);
+      // db_i[c, d] = Σ_{a, j} (W + I)[i, a, j, c] dW'[i, a, j, d]
+      const at::Tensor part = at::bmm(w_plus_i.reshape({nb, r * ib, r}).transpose(1, 2), dw.view({nb, r * ib, r}));
+      grad_block.narrow(0, i0, nb).copy_(part);
+    }
+    if (low) grad_block = grad_block.to(block.scalar_type());
+  }
+  return {grad_x, grad_w, grad_b, grad_block};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(peftcore, CompositeExplicitAutograd, m) {
+  m.impl("bone_bat_linear", &bone_bat_linear);
+  m.impl("bone_bat_linear_backward", &bone_bat_linear_backward);
+  m.impl("bone_bat_weight", &bone_bat_weight);
+}
+
+}  // namespace peftcore
