@@ -104,3 +104,16 @@ def test_bat_backward_band_covers_many_blocks():
     (ours,) = torch.autograd.grad(torch.ops.peftcore.bone_bat_linear(x, w, None, blk), [blk], g)
     (ref,) = torch.autograd.grad(torch.nn.functional.linear(x, reference.bat_weight(w, blk)), [blk], g)
     assert (ours - ref).abs().max() < 1e-10
+
+
+def test_bone_saves_no_copy_of_x():
+    layer = peftcore.BoneLinear(nn.Linear(256, 128), r=16)
+    x = torch.randn(64, 256, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = layer(x)
+    params = {p.data_ptr() for p in layer.parameters()} | {layer.block_sum.data_ptr()}
+    stored = sum(t.untyped_storage().nbytes() for t in saved if t.data_ptr() not in params)
+    assert stored <= 64 * 16 * 4 + 64, stored  # the N x r hidden (+ the zero-size stand-in)
+    y.sum().backward()
+    assert x.grad is not None and layer.miss_block.grad is not None

@@ -86,8 +86,12 @@ def _lora_linear_backward_fake(
 def _lora_setup_context(ctx, inputs, output):
     x, weight, bias, lora_A, lora_B, scaling, dropout_p, dropout_seed = inputs
     _, hidden = output
-    # x once, in its own dtype, plus the N x r hidden: all that backward reads.
-    ctx.save_for_backward(x, weight, lora_A, lora_B, hidden, dropout_seed)
+    # x once, in its own dtype, plus the N x r hidden: all that backward reads. x is
+    # only read for dA and dW; when neither is needed (a frozen A, as in MiSS bone),
+    # a zero-storage stand-in carries its shape instead.
+    needs = ctx.needs_input_grad
+    kept_x = x if (needs[1] or needs[3]) else x.new_zeros(()).expand(x.shape)
+    ctx.save_for_backward(kept_x, weight, lora_A, lora_B, hidden, dropout_seed)
     ctx.scaling = scaling
     ctx.dropout_p = dropout_p
     ctx.has_bias = bias is not None
