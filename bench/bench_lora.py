@@ -40,9 +40,9 @@ def saved_activation_bytes(module: nn.Module, x: torch.Tensor) -> int:
     params = {p.data_ptr() for p in module.parameters()}
     seen: dict[int, int] = {}
 
-    def pack(t):
+    def pack(t):  # storage bytes: an expanded stand-in costs what it stores, not its shape
         if t.data_ptr() not in params:
-            seen[t.data_ptr()] = max(seen.get(t.data_ptr(), 0), t.numel() * t.element_size())
+            seen[t.data_ptr()] = max(seen.get(t.data_ptr(), 0), t.untyped_storage().nbytes())
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
