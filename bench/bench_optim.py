@@ -27,11 +27,11 @@ def dense_set(quick: bool):
 
 
 def make_params(shapes, device, dtype, seed=0):
-    g = torch.Generator(device="cpu").manual_seed(seed)
+    g = torch.Generator(device=device).manual_seed(seed)  # drawn on the device: 1B values on a GPU
     params = []
     for s in shapes:
-        p = nn.Parameter(torch.randn(s, generator=g).to(device=device, dtype=dtype) * 0.02)
-        p.grad = torch.randn(s, generator=g).to(device=device, dtype=dtype) * 1e-3
+        p = nn.Parameter(torch.randn(s, generator=g, device=device, dtype=dtype) * 0.02)
+        p.grad = torch.randn(s, generator=g, device=device, dtype=dtype) * 1e-3
         params.append(p)
     return params
 
