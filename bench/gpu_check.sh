@@ -11,7 +11,7 @@ OUT=${OUT:-/tmp/peftcore-gpu}
 WORK=$(mktemp -d)
 mkdir -p "$OUT" "$WORK/bench"
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+PY=$(command -v "${PYTHON:-python3}")  # absolute: used from /tmp below
 export PYTHONUNBUFFERED=1
 
 finish() {
