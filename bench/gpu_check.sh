@@ -11,7 +11,8 @@ OUT=${OUT:-/tmp/peftcore-gpu}
 WORK=$(mktemp -d)
 mkdir -p "$OUT" "$WORK/bench"
 cd "$(dirname "$0")/.."
-PY=$(command -v "${PYTHON:-python3}")  # absolute: used from /tmp below
+PY=$(command -v "${PYTHON:-python3}")
+PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"  # absolute (not resolved): used from /tmp below
 export PYTHONUNBUFFERED=1
 
 finish() {
