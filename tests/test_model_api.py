@@ -175,7 +175,8 @@ def test_minilm_matches_hf_peft():
     peftcore.HydraConfig(r_parallel=4, r_sequential=2, target_modules=["q_proj", "down_proj"]),
     peftcore.BoneConfig(r=16, target_modules=["o_proj", "up_proj"]),
     peftcore.BoneConfig(r=8, variant="mini", mini_r=4, target_modules=["v_proj"]),
-], ids=["hydra", "bone", "mini"])
+    peftcore.BoneConfig(r=16, variant="bat", target_modules=["o_proj", "gate_proj"]),
+], ids=["hydra", "bone", "mini", "bat"])
 def test_other_adapter_kinds_inject_save_load_merge(tmp_path, config):
     base = tiny_llama()
     model = peftcore.inject(copy.deepcopy(base), config)
@@ -197,5 +198,15 @@ def test_other_adapter_kinds_inject_save_load_merge(tmp_path, config):
         plain = peftcore.merge_and_unload(fresh)
         assert not peftcore.model.adapter_layers(plain)
         assert rel(plain(ids).logits, expected) <= 1e-5
-    with pytest.raises(ValueError, match="to_peft writes LoRA adapters"):
+    if config.kind == "hydra":
+        with pytest.raises(ValueError, match="HF PEFT has no Hydra"):
+            peftcore.to_peft(model, tmp_path / "p")
+    else:  # MiSS: HF PEFT loads what we write, and we load what it writes
         peftcore.to_peft(model, tmp_path / "p")
+        theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "p")
+        with torch.no_grad():
+            assert rel(theirs(ids).logits, expected) <= 1e-5
+        theirs.save_pretrained(tmp_path / "p2")
+        back = peftcore.from_peft(copy.deepcopy(base), tmp_path / "p2")
+        with torch.no_grad():
+            assert rel(back(ids).logits, expected) <= 1e-5

@@ -92,7 +92,8 @@ class BoneConfig(_AdapterConfig):
         return BoneLinear(base, r=self.r, variant=self.variant, mini_r=self.mini_r, dropout=self.dropout)
 
     def param_shapes(self, n_in: int, n_out: int) -> dict[str, tuple[int, ...]]:
-        return {"miss_block": (self.r, n_out if self.variant == "bone" else self.mini_r)}
+        shapes = {"bone": (self.r, n_out), "mini": (self.r, self.mini_r), "bat": (n_out // self.r, self.r, self.r)}
+        return {"miss_block": shapes[self.variant]}
 
 
 CONFIGS = {c.kind: c for c in (LoraConfig, HydraConfig, BoneConfig)}

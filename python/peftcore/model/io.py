@@ -14,7 +14,7 @@ from typing import Callable, Union
 import torch
 from torch import Tensor, nn
 
-from .config import LoraConfig, config_from_dict
+from .config import BoneConfig, LoraConfig, config_from_dict
 from .inject import adapter_layers, inject, remove_adapters, target_names
 
 PathLike = Union[str, os.PathLike]
@@ -171,43 +171,62 @@ def load_adapter(model: nn.Module, directory: PathLike) -> nn.Module:
 # ----------------------------------------------------------------------------- HF PEFT
 
 
+_MISS_INIT = {"bone": True, "mini": "mini", "bat": "bat"}
+
+
+def _peft_config(config, names: list[str]) -> dict:
+    common = {"task_type": None, "target_modules": names, "bias": "none", "inference_mode": True,
+              "modules_to_save": None, "base_model_name_or_path": None}
+    if config.kind == "lora":
+        return {**common, "peft_type": "LORA", "r": config.r, "lora_alpha": config.alpha,
+                "lora_dropout": config.dropout, "use_rslora": config.use_rslora, "fan_in_fan_out": False,
+                "init_lora_weights": True}
+    if config.kind == "bone":
+        return {**common, "peft_type": "MISS", "r": config.r, "init_weights": _MISS_INIT[config.variant],
+                "mini_r": config.mini_r, "miss_dropout": config.dropout}
+    raise ValueError(f"to_peft writes LoRA and MiSS adapters; this model has {config.kind!r} adapters "
+                     f"(HF PEFT has no Hydra)")
+
+
 def to_peft(model: nn.Module, directory: PathLike) -> None:
-    """Writes an HF PEFT LoRA adapter directory that `peft.PeftModel.from_pretrained`
-    loads onto the same base model, with the same outputs."""
+    """Writes an HF PEFT adapter directory (LoRA or MiSS) that
+    `peft.PeftModel.from_pretrained` loads onto the same base model, with the same outputs."""
     from safetensors.torch import save_file
 
     config = _require_injected(model)
-    if config.kind != "lora":
-        raise ValueError(f"to_peft writes LoRA adapters; this model has {config.kind!r} adapters")
+    names = sorted(adapter_layers(model))
+    peft_config = _peft_config(config, names)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    names = sorted(adapter_layers(model))
-    peft_config = {
-        "peft_type": "LORA", "task_type": None, "r": config.r, "lora_alpha": config.alpha,
-        "lora_dropout": config.dropout, "use_rslora": config.use_rslora, "target_modules": names,
-        "bias": "none", "fan_in_fan_out": False, "init_lora_weights": True, "inference_mode": True,
-        "modules_to_save": None, "base_model_name_or_path": None,
-    }
     tensors = _adapter_tensors(model, prefix=PEFT_PREFIX)
     _atomic_write(directory / PEFT_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     _write_json(directory / PEFT_CONFIG, peft_config)
 
 
-def from_peft(model: nn.Module, directory: PathLike) -> nn.Module:
-    """Loads an HF PEFT LoRA adapter directory into peftcore layers on `model`."""
-    directory = Path(directory)
-    cfg = _read_json(directory / PEFT_CONFIG)
-    if cfg.get("peft_type") != "LORA":
-        raise ValueError(f"{directory}: peft_type {cfg.get('peft_type')!r} is not supported "
-                         f"(this build reads LORA adapters)")
+def _config_from_peft(cfg: dict, directory: Path):
+    kind = cfg.get("peft_type")
     for unsupported in ("rank_pattern", "alpha_pattern", "layers_to_transform"):
         if cfg.get(unsupported):
             raise ValueError(f"{directory}: {unsupported} is not supported yet")
-    if cfg.get("fan_in_fan_out") or cfg.get("use_dora"):
-        raise ValueError(f"{directory}: fan_in_fan_out / DoRA adapters are not supported yet")
-    config = LoraConfig(r=int(cfg["r"]), alpha=float(cfg.get("lora_alpha", cfg["r"])),
-                        dropout=float(cfg.get("lora_dropout", 0.0)), target_modules=cfg.get("target_modules"),
-                        exclude_modules=cfg.get("exclude_modules"), use_rslora=bool(cfg.get("use_rslora", False)))
+    if kind == "LORA":
+        if cfg.get("fan_in_fan_out") or cfg.get("use_dora"):
+            raise ValueError(f"{directory}: fan_in_fan_out / DoRA adapters are not supported yet")
+        return LoraConfig(r=int(cfg["r"]), alpha=float(cfg.get("lora_alpha", cfg["r"])),
+                          dropout=float(cfg.get("lora_dropout", 0.0)), target_modules=cfg.get("target_modules"),
+                          exclude_modules=cfg.get("exclude_modules"), use_rslora=bool(cfg.get("use_rslora", False)))
+    if kind == "MISS":
+        init = cfg.get("init_weights", True)
+        variant = init if init in ("mini", "bat") else "bone"  # True / False: the bone form
+        return BoneConfig(r=int(cfg["r"]), variant=variant, mini_r=int(cfg.get("mini_r", 1)),
+                          dropout=float(cfg.get("miss_dropout", 0.0)), target_modules=cfg.get("target_modules"),
+                          exclude_modules=cfg.get("exclude_modules"))
+    raise ValueError(f"{directory}: peft_type {kind!r} is not supported (this build reads LORA and MISS)")
+
+
+def from_peft(model: nn.Module, directory: PathLike) -> nn.Module:
+    """Loads an HF PEFT LoRA or MiSS adapter directory into peftcore layers on `model`."""
+    directory = Path(directory)
+    config = _config_from_peft(_read_json(directory / PEFT_CONFIG), directory)
     weights = directory / PEFT_WEIGHTS
     if weights.exists():
         tensors = _read_safetensors(weights)
@@ -216,9 +235,7 @@ def from_peft(model: nn.Module, directory: PathLike) -> nn.Module:
             tensors = torch.load(directory / "adapter_model.bin", map_location="cpu", weights_only=True)
         except Exception as exc:
             raise ValueError(f"{directory}: no readable adapter_model.safetensors or .bin ({exc})") from exc
-    names = target_names(model, config) + [n for n in adapter_layers(model) if n in
-                                           {k[len(PEFT_PREFIX):].rsplit(".lora_", 1)[0] for k in tensors}]
-    names = sorted(set(names))
+    names = sorted(target_names(model, config))
     if not names:
         raise ValueError(f"{directory}: target_modules={config.target_modules!r} match no nn.Linear of the model")
     key = lambda n, pname: f"{PEFT_PREFIX}{n}.{pname}"  # noqa: E731
