@@ -210,3 +210,36 @@ def test_other_adapter_kinds_inject_save_load_merge(tmp_path, config):
         back = peftcore.from_peft(copy.deepcopy(base), tmp_path / "p2")
         with torch.no_grad():
             assert rel(back(ids).logits, expected) <= 1e-5
+
+
+def test_autocast_gradient_checkpointing_and_compile_on_tiny_llama():
+    base = tiny_llama()
+    model = peftcore.inject(copy.deepcopy(base), LoraConfig(r=4, alpha=8, target_modules=TARGETS))
+    randomize_b(model)
+    ids = torch.randint(0, 128, (2, 8))
+    ref = model(ids).logits
+    # bf16 autocast: the fused op runs in bf16 and stays close to fp32.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(ids).logits
+    assert (low.float() - ref).abs().max() / ref.abs().max() < 5e-2
+    # HF gradient checkpointing recomputes the adapters in backward: same grads.
+    model.train()
+    model.config.use_cache = False
+    model(ids).logits.square().mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model(ids).logits.square().mean().backward()
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, grads[n], rtol=1e-5, atol=1e-7)
+    # torch.compile over a whole adapted model, forward and backward, one graph (a fresh
+    # model: HF's checkpointing leaves an input hook behind that calls requires_grad_).
+    model = peftcore.inject(copy.deepcopy(base), LoraConfig(r=4, alpha=8, target_modules=TARGETS))
+    randomize_b(model)
+    eager = model(input_ids=ids).logits.detach()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    out = compiled(input_ids=ids).logits
+    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
+    out.square().mean().backward()
