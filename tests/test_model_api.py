@@ -243,3 +243,22 @@ def test_autocast_gradient_checkpointing_and_compile_on_tiny_llama():
     out = compiled(input_ids=ids).logits
     torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
     out.square().mean().backward()
+
+
+def test_hf_trainer_trains_only_the_adapters(tmp_path):
+    base = tiny_llama()
+    model = peftcore.inject(copy.deepcopy(base), LoraConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
+    gen = torch.Generator().manual_seed(0)
+    data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 128, (16, 10), generator=gen)]
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=6,
+                                          learning_rate=1e-2, logging_steps=1, report_to=[], save_strategy="no",
+                                          use_cpu=True, disable_tqdm=True)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data)
+    result = trainer.train()
+    assert torch.isfinite(torch.tensor(result.training_loss))
+    for n, p in model.named_parameters():
+        if "lora_" in n:
+            continue
+        assert torch.equal(p, before[n]), n  # the frozen model never moves
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if "lora_B" in n)
