@@ -262,3 +262,29 @@ def test_hf_trainer_trains_only_the_adapters(tmp_path):
             continue
         assert torch.equal(p, before[n]), n  # the frozen model never moves
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if "lora_B" in n)
+
+
+def test_gpt2_conv1d_matches_peft_and_unloads_to_conv1d():
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=96, n_positions=32, n_embd=48, n_layer=2, n_head=4)
+    base = transformers.GPT2LMHeadModel(cfg).eval()
+    ours = peftcore.inject(copy.deepcopy(base), LoraConfig(r=4, alpha=8, target_modules=["c_attn", "c_fc"]))
+    randomize_b(ours)
+    twin = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"],
+                                                                    fan_in_fan_out=True))
+    mine = peftcore.model.lora_layers(ours)
+    with torch.no_grad():
+        for name, module in twin.named_modules():
+            if hasattr(module, "lora_A") and isinstance(module.lora_A, nn.ModuleDict) and "default" in module.lora_A:
+                src = mine[name.removeprefix("base_model.model.")]
+                module.lora_A["default"].weight.copy_(src.lora_A.weight)
+                module.lora_B["default"].weight.copy_(src.lora_B.weight)
+    ids = torch.randint(0, 96, (2, 9))
+    expected = twin(ids).logits
+    assert rel(ours(ids).logits, expected) <= 1e-5
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in base.parameters()) + sum(
+        p.numel() for n, p in ours.named_parameters() if "lora_" in n)
+    plain = peftcore.merge_and_unload(ours)
+    assert type(plain.transformer.h[0].attn.c_attn).__name__ == "Conv1D"
+    with torch.no_grad():
+        assert rel(plain(ids).logits, expected) <= 1e-5

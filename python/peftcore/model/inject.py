@@ -16,13 +16,32 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, attr, module)
 
 
+def is_conv1d(module: nn.Module) -> bool:
+    """HF transformers' Conv1D (GPT-2): a linear layer storing its weight as [in, out]."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and module.weight.dim() == 2
+
+
+def as_linear(module: nn.Module) -> nn.Linear:
+    """An nn.Linear view of `module`: itself, or for a Conv1D one whose weight is the
+    transposed view of the Conv1D's (shared storage, so merges write through)."""
+    if not is_conv1d(module):
+        return module
+    n_in, n_out = module.weight.shape
+    linear = nn.Linear(n_in, n_out, bias=module.bias is not None, device="meta")
+    linear.weight = nn.Parameter(module.weight.t(), requires_grad=module.weight.requires_grad)
+    if module.bias is not None:
+        linear.bias = module.bias
+    object.__setattr__(linear, "peftcore_source", module)  # put back by merge_and_unload; not a submodule
+    return linear
+
+
 def target_names(model: nn.Module, config) -> list[str]:
-    """The nn.Linear modules `config` selects (already-adapted layers excluded)."""
+    """The nn.Linear (or HF Conv1D) modules `config` selects (already-adapted layers excluded)."""
     names = []
     for name, module in model.named_modules():
         if isinstance(module, ADAPTER_LAYERS) or ".base_layer" in name or name.endswith("base_layer"):
             continue
-        if isinstance(module, nn.Linear) and matches(name, config.target_modules) \
+        if (isinstance(module, nn.Linear) or is_conv1d(module)) and matches(name, config.target_modules) \
                 and not matches(name, config.exclude_modules):
             names.append(name)
     return names
@@ -40,7 +59,7 @@ def inject(model: nn.Module, config) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     for name in names:
-        base = model.get_submodule(name)
+        base = as_linear(model.get_submodule(name))
         _set_submodule(model, name, config.make_layer(base))
     for name, module in model.named_modules():
         if config.modules_to_save and matches(name, config.modules_to_save):
@@ -84,7 +103,7 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     """Folds every adapter into its base weight and puts the plain nn.Linear back."""
     for name, layer in adapter_layers(model).items():
         layer.merge()
-        _set_submodule(model, name, layer.base_layer)
+        _set_submodule(model, name, getattr(layer.base_layer, "peftcore_source", layer.base_layer))
     if hasattr(model, "peftcore_config"):
         del model.peftcore_config
     return model
@@ -95,4 +114,4 @@ def remove_adapters(model: nn.Module, names) -> None:
     for name in names:
         layer = model.get_submodule(name)
         if isinstance(layer, ADAPTER_LAYERS):
-            _set_submodule(model, name, layer.base_layer)
+            _set_submodule(model, name, getattr(layer.base_layer, "peftcore_source", layer.base_layer))

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import BoneConfig, LoraConfig, config_from_dict
-from .inject import adapter_layers, inject, remove_adapters, target_names
+from .inject import adapter_layers, as_linear, inject, is_conv1d, remove_adapters, target_names
 
 PathLike = Union[str, os.PathLike]
 CONFIG = "peftcore_config.json"
@@ -95,7 +95,7 @@ def save_adapter(model: nn.Module, directory: PathLike) -> None:
 
 def _base_linear(model: nn.Module, name: str) -> nn.Linear:
     module = model.get_submodule(name)
-    return getattr(module, "base_layer", module)
+    return as_linear(getattr(module, "base_layer", module))
 
 
 def _check_tensors(tensors: dict[str, Tensor], model: nn.Module, names: list[str], config, source: Path,
@@ -156,7 +156,7 @@ def load_adapter(model: nn.Module, directory: PathLike) -> nn.Module:
             module = model.get_submodule(n)
         except AttributeError as exc:
             raise ValueError(f"{directory}: the model has no module {n!r}") from exc
-        if n not in existing and not isinstance(module, nn.Linear):
+        if n not in existing and not (isinstance(module, nn.Linear) or is_conv1d(module)):
             raise ValueError(f"{directory}: module {n!r} is a {type(module).__name__}, not nn.Linear")
         if n in existing:
             have = {p: tuple(t.shape) for p, t in _layer_params(existing[n]).items()}
