@@ -12,7 +12,7 @@ from torch import nn
 
 import peftcore
 
-from bench_lora import saved_activation_bytes
+from bench_lora import rotating_fwd_bwd, saved_activation_bytes
 from common import Limits, time_alternating
 
 QUICK_SHAPES = [(4096, 1024, 1024, 64)]
@@ -51,16 +51,7 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, limits: Limits, p
     for n, i, o, r in progress(QUICK_SHAPES if quick else FULL_SHAPES, desc="adapters"):
         torch.manual_seed(0)
         mods = build(nn.Linear(i, o, device=device, dtype=dtype), r)
-        xs = [torch.randn(n, i, device=device, dtype=dtype, requires_grad=True) for _ in range(3)]
-        grad = torch.randn(n, o, device=device, dtype=dtype)
-        counter = [0]
-
-        def step(module):
-            def fn():
-                counter[0] += 1
-                module(xs[counter[0] % 3]).backward(grad)
-            return fn
-
+        xs, step = rotating_fwd_bwd(n, i, o, device, dtype)
         t = time_alternating({k: step(m) for k, m in mods.items()}, device, reps=reps, rounds=rounds)
         for name, timing in t.items():
             peer = name.replace("peftcore", "hf peft") if name.startswith("peftcore") else None

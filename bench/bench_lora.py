@@ -50,6 +50,22 @@ def saved_activation_bytes(module: nn.Module, x: torch.Tensor) -> int:
     return sum(seen.values())
 
 
+def rotating_fwd_bwd(n: int, i: int, o: int, device, dtype):
+    """Three rotating inputs (so a small case does not run from warm caches only) and a
+    factory of forward + backward closures over them."""
+    xs = [torch.randn(n, i, device=device, dtype=dtype, requires_grad=True) for _ in range(3)]
+    grad = torch.randn(n, o, device=device, dtype=dtype)
+    counter = [0]
+
+    def step(module):
+        def fn():
+            counter[0] += 1
+            module(xs[counter[0] % len(xs)]).backward(grad)
+        return fn
+
+    return xs, step
+
+
 def build_candidates(base: nn.Linear, r: int, dropout: float) -> dict[str, nn.Module]:
     frozen = copy.deepcopy(base).requires_grad_(False)
     ours = peftcore.LoraLinear(copy.deepcopy(base), r=r, alpha=2 * r, dropout=dropout)
@@ -75,18 +91,7 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, limits: Limits, p
             torch.manual_seed(0)
             base = nn.Linear(i, o, device=device, dtype=dtype)
             modules = build_candidates(base, r, dropout)
-            # Rotate a few inputs so a small case does not run from warm caches only.
-            xs = [torch.randn(n, i, device=device, dtype=dtype, requires_grad=True) for _ in range(3)]
-            grad = torch.randn(n, o, device=device, dtype=dtype)
-            counter = [0]
-
-            def step(module):
-                def fn():
-                    x = xs[counter[0] % len(xs)]
-                    counter[0] += 1
-                    module(x).backward(grad)
-                return fn
-
+            xs, step = rotating_fwd_bwd(n, i, o, device, dtype)
             timings = time_alternating({k: step(m) for k, m in modules.items()}, device,
                                        reps=reps, rounds=rounds)
             flops = lora_flops(n, i, o, r)

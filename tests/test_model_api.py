@@ -30,9 +30,10 @@ def randomize_b(model, seed=1):
             layer.lora_B.weight.copy_(torch.randn(layer.lora_B.weight.shape, generator=gen) * 0.05)
 
 
-def peft_twin(base, ours, targets, r, alpha):
+def peft_twin(base, ours, targets, r, alpha, **peft_kwargs):
+    """HF PEFT's LoRA on a copy of `base`, holding the same adapter weights as `ours`."""
     twin = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=r, lora_alpha=alpha, target_modules=targets,
-                                                                    lora_dropout=0.0))
+                                                                    lora_dropout=0.0, **peft_kwargs))
     ours_layers = peftcore.model.lora_layers(ours)
     with torch.no_grad():
         for name, module in twin.named_modules():
@@ -270,15 +271,7 @@ def test_gpt2_conv1d_matches_peft_and_unloads_to_conv1d():
     base = transformers.GPT2LMHeadModel(cfg).eval()
     ours = peftcore.inject(copy.deepcopy(base), LoraConfig(r=4, alpha=8, target_modules=["c_attn", "c_fc"]))
     randomize_b(ours)
-    twin = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"],
-                                                                    fan_in_fan_out=True))
-    mine = peftcore.model.lora_layers(ours)
-    with torch.no_grad():
-        for name, module in twin.named_modules():
-            if hasattr(module, "lora_A") and isinstance(module.lora_A, nn.ModuleDict) and "default" in module.lora_A:
-                src = mine[name.removeprefix("base_model.model.")]
-                module.lora_A["default"].weight.copy_(src.lora_A.weight)
-                module.lora_B["default"].weight.copy_(src.lora_B.weight)
+    twin = peft_twin(base, ours, ["c_attn", "c_fc"], 4, 8, fan_in_fan_out=True)
     ids = torch.randint(0, 96, (2, 9))
     expected = twin(ids).logits
     assert rel(ours(ids).logits, expected) <= 1e-5
