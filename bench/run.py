@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from pathlib import Path
 
 import torch
@@ -40,14 +41,22 @@ def main(argv: list[str] | None = None) -> int:
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float32 if device.type == "cpu" else torch.bfloat16)
     limits = measure_limits(device, [dtype], args.quick)
     print(f"{machine_name(device)}: copy {limits.bandwidth_gbs:.1f} GB/s, matmul {limits.matmul_tflops}")
+    failed = []
     for family in args.ops.split(","):
         if family not in FAMILIES:
             parser.error(f"unknown family {family!r}; choose from {sorted(FAMILIES)}")
         module = __import__(FAMILIES[family])
-        rows = module.run(device, dtype, args.quick, limits, progress_bar)
+        try:
+            rows = module.run(device, dtype, args.quick, limits, progress_bar)
+        except Exception:  # one broken family must not cost the others (a GPU run is scarce)
+            traceback.print_exc()
+            failed.append(family)
+            continue
         out_dir = write_results(family, device, rows, limits, args.out)
         print((out_dir / f"{family}.md").read_text())
-    return 0
+    if failed:
+        print(f"families that failed: {failed}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
