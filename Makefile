@@ -26,7 +26,7 @@ test-fast: install
 	$(PY) -m pytest -m "not slow"
 
 demo: install
-	$(PY) -m peftcore.demo
+	$(PY) -m peftcore demo
 
 bench: install
 	$(PY) bench/run.py --quick

@@ -281,3 +281,30 @@ def test_gpt2_conv1d_matches_peft_and_unloads_to_conv1d():
     assert type(plain.transformer.h[0].attn.c_attn).__name__ == "Conv1D"
     with torch.no_grad():
         assert rel(plain(ids).logits, expected) <= 1e-5
+
+
+def test_disable_adapters_runs_the_base_model_and_restores():
+    base = tiny_llama()
+    model = peftcore.inject(copy.deepcopy(base), LoraConfig(r=4, alpha=8, target_modules=TARGETS))
+    randomize_b(model)
+    ids = torch.randint(0, 128, (1, 6))
+    with torch.no_grad():
+        adapted, plain = model(ids).logits, base(ids).logits
+        with peftcore.disable_adapters(model):
+            assert torch.equal(model(ids).logits, plain)
+        assert torch.equal(model(ids).logits, adapted)
+        peftcore.merge(model)
+        with peftcore.disable_adapters(model):
+            assert rel(model(ids).logits, plain) <= 1e-5
+        assert rel(model(ids).logits, adapted) <= 1e-5
+
+
+@pytest.mark.parametrize("adapter,optimizer", [("lora", "adamw"), ("hydra", "lamb"), ("bone", "adamw")])
+def test_demo_cli_trains_every_adapter_kind(adapter, optimizer, capsys):
+    from peftcore.__main__ import main as cli
+    from peftcore.demo import main as demo
+
+    first, last = demo(["--adapter", adapter, "--optimizer", optimizer, "--steps", "40", "--width", "64",
+                        "--rank", "8", "--lr", "1e-2"])
+    assert last < first
+    assert cli(["nope"]) == 2 and "unknown command" in capsys.readouterr().err

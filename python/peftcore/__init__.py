@@ -4,11 +4,28 @@ from ._native import build_info
 from . import ops, reference
 from . import optim, sparse
 from .layers import BoneLinear, HydraLinear, LoraLinear
-from .model import (BoneConfig, HydraConfig, LoraConfig, from_peft, inject, load_adapter, merge, merge_and_unload,
-                    print_trainable_parameters, save_adapter, to_peft, trainable_parameters, unmerge)
+from .model import (
+    BoneConfig,
+    HydraConfig,
+    LoraConfig,
+    disable_adapters,
+    from_peft,
+    inject,
+    load_adapter,
+    merge,
+    merge_and_unload,
+    print_trainable_parameters,
+    save_adapter,
+    to_peft,
+    trainable_parameters,
+    unmerge,
+)
 
 __version__ = build_info()["version"]
 
-__all__ = ["build_info", "ops", "optim", "reference", "sparse", "LoraLinear", "HydraLinear", "BoneLinear", "LoraConfig", "HydraConfig", "BoneConfig", "inject",
-           "merge", "unmerge", "merge_and_unload", "trainable_parameters", "print_trainable_parameters",
-           "save_adapter", "load_adapter", "to_peft", "from_peft", "__version__"]
+__all__ = [
+    "build_info", "ops", "optim", "reference", "sparse", "LoraLinear", "HydraLinear", "BoneLinear",
+    "LoraConfig", "HydraConfig", "BoneConfig", "inject", "disable_adapters", "merge", "unmerge",
+    "merge_and_unload", "trainable_parameters", "print_trainable_parameters", "save_adapter",
+    "load_adapter", "to_peft", "from_peft", "__version__",
+]

@@ -1,9 +1,11 @@
-"""`make demo`: fine-tune a small model with peftcore LoRA layers on the CPU.
+"""`make demo` / `python -m peftcore demo`: fine-tune a small model with peftcore
+adapters on the CPU.
 
 A frozen random MLP must learn to imitate a "teacher" that differs from it by a
-low-rank change of each hidden layer: exactly what LoRA can express. The demo
-prints the loss going down and what LoRA costs per training step relative to the
-frozen model's own forward + backward.
+low-rank change of each hidden layer: what the adapters can express. The demo
+prints the loss going down and what the adapters cost per training step relative
+to the frozen model's own forward + backward. Flags pick the adapter kind (lora,
+hydra, bone), the optimizer (adamw, lamb) and the number of steps.
 """
 
 from __future__ import annotations
@@ -27,11 +29,20 @@ def make_mlp(width: int, depth: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def add_lora(model: nn.Sequential, r: int, alpha: float) -> nn.Sequential:
-    for i, layer in enumerate(model):
-        if isinstance(layer, nn.Linear):
-            model[i] = peftcore.LoraLinear(layer, r=r, alpha=alpha)
-    return model
+def adapter_config(kind: str, rank: int):
+    targets = r"\d+"  # every Linear of the Sequential
+    if kind == "lora":
+        return peftcore.LoraConfig(r=rank, alpha=2 * rank, target_modules=targets)
+    if kind == "hydra":
+        return peftcore.HydraConfig(r_parallel=rank, r_sequential=rank, alpha_parallel=2 * rank,
+                                    alpha_sequential=2 * rank, target_modules=targets)
+    return peftcore.BoneConfig(r=rank, target_modules=targets)
+
+
+def make_optimizer(name: str, params, lr: float):
+    if name == "lamb":
+        return peftcore.optim.Lamb(params, lr=lr, weight_decay=0.0)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
 
 
 def perturb_low_rank(model: nn.Sequential, rank: int, size: float) -> None:
@@ -54,27 +65,32 @@ def step_time(model: nn.Module, x: torch.Tensor, reps: int) -> float:
     return statistics.median(times)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> tuple[float, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--adapter", choices=["lora", "hydra", "bone"], default="lora")
+    parser.add_argument("--optimizer", choices=["adamw", "lamb"], default="adamw")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     print(f"peftcore {peftcore.__version__}: {peftcore.build_info()}")
+    print(f"adapter {args.adapter}, optimizer {args.optimizer}, {args.steps} steps")
     base = make_mlp(args.width, args.depth)
     teacher = copy.deepcopy(base)
     perturb_low_rank(teacher, rank=4, size=1.0)
-    student = add_lora(copy.deepcopy(base), r=args.rank, alpha=2 * args.rank)
+    student = peftcore.inject(copy.deepcopy(base), adapter_config(args.adapter, args.rank))
     trainable = [p for p in student.parameters() if p.requires_grad]
     n_train = sum(p.numel() for p in trainable)
     n_total = sum(p.numel() for p in student.parameters())
     print(f"trainable parameters: {n_train:,} of {n_total:,} ({100 * n_train / n_total:.2f}%)")
 
-    opt = torch.optim.Adam(trainable, lr=3e-3)
+    opt = make_optimizer(args.optimizer, trainable, args.lr)
     first = None
     for step in range(args.steps + 1):
         x = torch.randn(args.batch, args.width)
@@ -82,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
             target = teacher(x)
         loss = nn.functional.mse_loss(student(x), target)
         first = first if first is not None else loss.item()
-        if step % (args.steps // 6) == 0:
+        if step % max(1, args.steps // 6) == 0:
             print(f"step {step:4d}  loss {loss.item():.5f}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -99,8 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     tf, tl = statistics.median(t_frozen), statistics.median(t_lora)
     print(
         f"forward+backward, {4 * args.batch} tokens: frozen base {tf * 1e3:.2f} ms, "
-        f"with peftcore LoRA {tl * 1e3:.2f} ms -> {tl / tf:.3f}x the frozen baseline"
+        f"with peftcore {args.adapter} {tl * 1e3:.2f} ms -> {tl / tf:.3f}x the frozen baseline"
     )
+    return first, loss.item()
 
 
 if __name__ == "__main__":

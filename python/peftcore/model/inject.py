@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from torch import nn
 
 from ..layers import BoneLinear, HydraLinear, LoraLinear
@@ -107,6 +109,25 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     if hasattr(model, "peftcore_config"):
         del model.peftcore_config
     return model
+
+
+@contextlib.contextmanager
+def disable_adapters(model: nn.Module):
+    """``with peftcore.disable_adapters(model): ...`` runs the base model alone (adapters
+    stay in place, merged ones are unmerged for the duration and merged back after)."""
+    layers = list(adapter_layers(model).values())
+    merged = [layer for layer in layers if layer.merged]
+    for layer in merged:
+        layer.unmerge()
+    for layer in layers:
+        layer.forward = layer.base_layer.forward  # instance attribute shadows the method
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            del layer.forward
+        for layer in merged:
+            layer.merge()
 
 
 def remove_adapters(model: nn.Module, names) -> None:

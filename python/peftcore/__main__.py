@@ -1,0 +1,22 @@
+"""`python -m peftcore demo [flags]`: the command-line entry point."""
+
+import sys
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m peftcore demo [--adapter lora|hydra|bone] [--optimizer adamw|lamb] "
+              "[--steps N] ...\n       python -m peftcore demo --help   for every flag")
+        return 0 if argv else 2
+    if argv[0] == "demo":
+        from .demo import main as demo
+
+        demo(argv[1:])
+        return 0
+    print(f"unknown command {argv[0]!r}; the commands are: demo", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
