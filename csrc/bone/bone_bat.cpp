@@ -14,7 +14,6 @@
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
-#include <c10/util/accumulate.h>
 #include <torch/library.h>
 
 #include "common/checks.h"
@@ -30,19 +29,14 @@ struct BatDims {
 };
 
 BatDims check_bat(const char* op, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& block) {
-  check_floating(op, "x", x);
-  check_dim(op, "weight", weight, 2);
-  check_same_dtype_device(op, "weight", weight, "x", x);
-  const int64_t out = weight.size(0), in = weight.size(1);
-  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == in, op, ": x must have shape [..., in_features=", in, "], got ",
-              x.sizes());
+  const auto [rows, in, out] = check_linear_input(op, x, weight);
   check_dim(op, "block", block, 3);
   const int64_t r = block.size(-1);
   TORCH_CHECK(r > 0 && in % r == 0 && out % r == 0, op, ": the bat form needs in_features (", in,
               ") and out_features (", out, ") divisible by the block size r=", r);
   check_shape(op, "block", block, {out / r, r, r}, "[out_features / r, r, r]");
   check_same_dtype_device(op, "block", block, "x", x);
-  return BatDims{c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1), in, out, r};
+  return BatDims{rows, in, out, r};
 }
 
 // W'_ij = W_ij (I + b_i) + b_i, as [out, in].

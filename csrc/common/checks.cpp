@@ -1,6 +1,7 @@
 #include "common/checks.h"
 
 #include <c10/core/ScalarType.h>
+#include <c10/util/accumulate.h>
 
 namespace peftcore {
 
@@ -29,6 +30,18 @@ void check_floating(std::string_view op, std::string_view name, const at::Tensor
   const auto dt = t.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 || dt == at::kDouble, op,
               ": ", name, " must be float16, bfloat16, float32 or float64, got ", dt);
+}
+
+LinearDims check_linear_input(std::string_view op, const at::Tensor& x, const at::Tensor& weight) {
+  TORCH_CHECK(x.defined() && x.dim() >= 1, op, ": x must have shape [..., in_features], got ",
+              x.defined() ? x.sizes() : at::IntArrayRef{});
+  check_floating(op, "x", x);
+  check_dim(op, "weight", weight, 2);
+  const int64_t out = weight.size(0), in = weight.size(1);
+  TORCH_CHECK(x.size(-1) == in, op, ": x must have shape [..., in_features=", in,
+              "] to match weight [out_features, in_features]=", weight.sizes(), ", got ", x.sizes());
+  check_same_dtype_device(op, "weight", weight, "x", x);
+  return LinearDims{c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1), in, out};
 }
 
 void check_dropout_p(std::string_view op, double p) {

@@ -24,6 +24,13 @@ void check_same_dtype_device(std::string_view op, std::string_view name, const a
 // float16, bfloat16, float32 or float64.
 void check_floating(std::string_view op, std::string_view name, const at::Tensor& t);
 
+// The input of a linear layer: x [..., in] floating, weight [out, in] with x's dtype
+// and device. Returns N (the product of x's leading dimensions), in and out.
+struct LinearDims {
+  int64_t rows, in, out;
+};
+LinearDims check_linear_input(std::string_view op, const at::Tensor& x, const at::Tensor& weight);
+
 // A dropout probability in [0, 1).
 void check_dropout_p(std::string_view op, double p);
 

@@ -1,7 +1,5 @@
 #include "hydra/hydra_checks.h"
 
-#include <c10/util/accumulate.h>
-
 #include "common/checks.h"
 #include "lora/lora_checks.h"
 
@@ -32,18 +30,11 @@ HydraDims check_common(const char* op, const at::Tensor& x, const at::Tensor& we
                        const std::optional<at::Tensor>& A_p, const std::optional<at::Tensor>& B_p,
                        const std::optional<at::Tensor>& A_s, const std::optional<at::Tensor>& B_s,
                        double dropout_p, const std::optional<at::Tensor>& dropout_seed) {
-  TORCH_CHECK(x.defined() && x.dim() >= 1, op, ": x must have shape [..., in_features]");
-  check_floating(op, "x", x);
-  check_dim(op, "weight", weight, 2);
-  const int64_t out = weight.size(0), in = weight.size(1);
-  TORCH_CHECK(x.size(-1) == in, op, ": x must have shape [..., in_features=", in,
-              "] to match weight ", weight.sizes(), ", got ", x.sizes());
-  check_same_dtype_device(op, "weight", weight, "x", x);
+  const auto [rows, in, out] = check_linear_input(op, x, weight);
   const int64_t rp = check_branch(op, "A_p", "B_p", A_p, B_p, in, "[r_p, in_features]", out, x);
   const int64_t rs = check_branch(op, "A_s", "B_s", A_s, B_s, out, "[r_s, out_features]", out, x);
   check_dropout_p(op, dropout_p);
   check_dropout_seed(op, dropout_p, dropout_seed, x.device());
-  const int64_t rows = c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1);
   return HydraDims{rows, in, out, rp, rs};
 }
 

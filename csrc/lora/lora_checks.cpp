@@ -2,7 +2,6 @@
 
 #include "common/checks.h"
 
-#include <c10/util/accumulate.h>
 
 namespace peftcore {
 namespace {
@@ -13,14 +12,7 @@ constexpr const char* kBwd = "lora_linear_backward";
 LoraDims check_common(const char* op, const at::Tensor& x, const at::Tensor& weight,
                       const at::Tensor& lora_A, const at::Tensor& lora_B, double dropout_p,
                       const std::optional<at::Tensor>& dropout_seed) {
-  TORCH_CHECK(x.defined() && x.dim() >= 1, op, ": x must have shape [..., in_features], got ",
-              x.defined() ? x.sizes() : at::IntArrayRef{});
-  check_floating(op, "x", x);
-  check_dim(op, "weight", weight, 2);
-  const int64_t out = weight.size(0), in = weight.size(1);
-  TORCH_CHECK(x.size(-1) == in, op, ": x must have shape [..., in_features=", in,
-              "] to match weight [out_features, in_features]=", weight.sizes(), ", got ",
-              x.sizes());
+  const auto [rows, in, out] = check_linear_input(op, x, weight);
   check_dim(op, "lora_A", lora_A, 2);
   const int64_t rank = lora_A.size(0);
   TORCH_CHECK(rank > 0, op, ": the LoRA rank r must be positive; lora_A has shape ",
@@ -28,12 +20,10 @@ LoraDims check_common(const char* op, const at::Tensor& x, const at::Tensor& wei
   check_shape(op, "lora_A", lora_A, {rank, in}, "[r, in_features]");
   check_dim(op, "lora_B", lora_B, 2);
   check_shape(op, "lora_B", lora_B, {out, rank}, "[out_features, r]");
-  check_same_dtype_device(op, "weight", weight, "x", x);
   check_same_dtype_device(op, "lora_A", lora_A, "x", x);
   check_same_dtype_device(op, "lora_B", lora_B, "x", x);
   check_dropout_p(op, dropout_p);
   check_dropout_seed(op, dropout_p, dropout_seed, x.device());
-  const int64_t rows = c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1);
   return LoraDims{rows, in, out, rank};
 }
 
