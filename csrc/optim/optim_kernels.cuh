@@ -64,6 +64,20 @@ __device__ T block_sum(T v, T* scratch) {
   return v;
 }
 
+// Sums a and b over the block and stores them as this chunk's two partials
+// (rows 0 and 1 of `partial`, indexed by the global chunk number).
+template <typename C, int Depth>
+__device__ void store_partial_pair(C a, C b, C* scratch, const ListMeta<Depth>& meta, double* partial,
+                                   int64_t total_chunks) {
+  a = block_sum(a, scratch);
+  b = block_sum(b, scratch);
+  if (threadIdx.x == 0) {
+    const int32_t chunk = meta.block_global_chunk[blockIdx.x];
+    partial[chunk] = a;
+    partial[total_chunks + chunk] = b;
+  }
+}
+
 __device__ __forceinline__ bool skipped(const float* found_inf) {
   return found_inf != nullptr && *found_inf != 0.f;
 }
@@ -135,12 +149,7 @@ __global__ void __launch_bounds__(kThreads)
     psq += pi * pi;
     usq += u * u;
   }
-  psq = block_sum(psq, scratch);
-  usq = block_sum(usq, scratch);
-  if (threadIdx.x == 0) {
-    partial[meta.block_global_chunk[blockIdx.x]] = psq;
-    partial[total_chunks + meta.block_global_chunk[blockIdx.x]] = usq;
-  }
+  store_partial_pair(psq, usq, scratch, meta, partial, total_chunks);
 }
 
 // Pass 2 (p, m, v): p -= lr * ratio * u with the per-tensor norms of pass 1.
@@ -190,12 +199,7 @@ __global__ void __launch_bounds__(kThreads)
     psq += pi * pi;
     gsq += gi * gi;
   }
-  psq = block_sum(psq, scratch);
-  gsq = block_sum(gsq, scratch);
-  if (threadIdx.x == 0) {
-    partial[meta.block_global_chunk[blockIdx.x]] = psq;
-    partial[total_chunks + meta.block_global_chunk[blockIdx.x]] = gsq;
-  }
+  store_partial_pair(psq, gsq, scratch, meta, partial, total_chunks);
 }
 
 // Update (p, g, buf): trust ratio, momentum, p -= lr * d. meta.flag marks fresh buffers.
