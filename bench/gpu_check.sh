@@ -5,8 +5,14 @@
 # returns at most 8): summary.txt (the tails worth reading at once) and
 # gpu_results.tgz (all logs, JSON/CSV/Markdown results) to unpack under
 # bench/results/ and commit.
-# Usage there:  OUT=/some/dir bash bench/gpu_check.sh [bench/run.py options, e.g. --quick]
+# Usage there:  OUT=/some/dir BUDGET_S=420 bash bench/gpu_check.sh [bench/run.py options]
+# Each phase gets a share of BUDGET_S (wall seconds for the whole script) so that the
+# script ends on its own, with its results written, before the device tool's limit.
 set -uo pipefail
+BUDGET_S=${BUDGET_S:-540}
+T0=$(date +%s)
+left() { echo $(( BUDGET_S - ($(date +%s) - T0) )); }
+cap() { local l; l=$(left); echo $(( l < $1 ? (l > 5 ? l : 5) : $1 )); }
 OUT=${OUT:-/tmp/peftcore-gpu}
 WORK=$(mktemp -d)
 mkdir -p "$OUT" "$WORK/bench"
@@ -19,8 +25,10 @@ finish() {
   tar czf "$OUT/gpu_results.tgz" -C "$WORK" .
   {
     cat "$WORK/env.txt" 2>/dev/null
-    echo "---- CUDA tests"; tail -30 "$WORK/tests_cuda.log" 2>/dev/null
-    echo "---- benchmarks"; tail -80 "$WORK/bench.log" 2>/dev/null
+    echo "---- CUDA tests"; grep -E "^(FAILED|ERROR)|passed|failed" "$WORK/tests_cuda.log" 2>/dev/null | tail -40
+    echo "---- first failures"; grep -B2 -A25 -m3 "^E  " "$WORK/tests_cuda.log" 2>/dev/null | head -150
+    echo "---- benchmarks"; grep -v "it/s\]$\|s/it\]$" "$WORK/bench.log" 2>/dev/null | tail -120
+    echo "---- sanitizer"; tail -20 "$WORK/sanitizer.log" 2>/dev/null
   } > "$OUT/summary.txt"
 }
 trap finish EXIT
@@ -34,7 +42,7 @@ trap finish EXIT
 # Hopper only, all cores: the build takes about a minute there.
 start=$(date +%s)
 PEFTCORE_ENABLE_CUDA=ON PEFTCORE_CUDA_ARCHITECTURES=90 CMAKE_BUILD_PARALLEL_LEVEL=16 \
-  "$PY" -m pip install --no-build-isolation --no-deps --no-cache-dir . > "$WORK/build.log" 2>&1
+  timeout "$(cap 300)" "$PY" -m pip install --no-build-isolation --no-deps --no-cache-dir . > "$WORK/build.log" 2>&1
 rc=$?
 echo "build rc=$rc in $(( $(date +%s) - start )) s" | tee -a "$WORK/env.txt"
 [ $rc -eq 0 ] || { tail -50 "$WORK/build.log"; exit $rc; }
@@ -42,6 +50,20 @@ echo "build rc=$rc in $(( $(date +%s) - start )) s" | tee -a "$WORK/env.txt"
 (cd /tmp && "$PY" -c "import peftcore; print(peftcore.build_info())") 2>&1 | tee -a "$WORK/env.txt"
 
 # The CUDA tests only (the CPU ones run in CI); no -x, so one failure hides no other.
-"$PY" -m pytest tests -q -k "cuda" -p no:cacheprovider 2>&1 | tee "$WORK/tests_cuda.log" | tail -25
+# pytest-timeout (when installed) turns a hung kernel into one failure, not a lost run.
+TIMEOUT_OPT=$("$PY" -c "import pytest_timeout" 2>/dev/null && echo "--timeout=120")
+timeout "$(cap 200)" "$PY" -m pytest tests -q -k "cuda" -p no:cacheprovider $TIMEOUT_OPT 2>&1 \
+  | tee "$WORK/tests_cuda.log" | grep -E "^(FAILED|ERROR)|passed|failed"
 
-"$PY" bench/run.py --device cuda --out "$WORK/bench" "$@" 2>&1 | tee "$WORK/bench.log" | tail -60
+# One process per family, each with its own cap, so a slow family cannot starve the rest.
+for family in ${FAMILIES:-lora adapters optim sparse}; do
+  timeout "$(cap ${FAMILY_CAP_S:-80})" "$PY" bench/run.py --device cuda --ops "$family" --out "$WORK/bench" "$@" 2>&1 \
+    | tee -a "$WORK/bench.log" | grep -v "it/s\]$\|s/it\]$" | tail -30
+done
+
+# Out-of-bounds and race checks of every kernel family on small shapes, with what time is left.
+if command -v compute-sanitizer > /dev/null && [ "$(left)" -gt 40 ]; then
+  (cd /tmp && timeout "$(cap 120)" compute-sanitizer --tool memcheck --print-limit 20 \
+     "$PY" "$OLDPWD/bench/sanitize_smoke.py") > "$WORK/sanitizer.log" 2>&1
+  echo "sanitizer rc=$?" >> "$WORK/sanitizer.log"
+fi

@@ -105,3 +105,41 @@ def test_state_dict_moves_between_cpu_and_cuda():
     gpu_model(torch.randn(2, 8, device="cuda")).sum().backward()
     gpu_opt.step()  # must not fail on device placement of the loaded state
     assert all(s["exp_avg"].is_cuda for s in gpu_opt.state.values())
+
+
+@pytest.mark.parametrize("cls,kw", [(Lamb, {"weight_decay": 0.01}), (Lars, {"momentum": 0.9, "weight_decay": 1e-4})])
+def test_whole_step_captures_in_a_cuda_graph(cls, kw):
+    """Forward, backward and step captured once and replayed: the same parameters as eager
+    steps (the step counter and scalars live on device, so nothing is baked at capture)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 4)).cuda()
+    eager = copy.deepcopy(model)
+    opt, eager_opt = cls(model.parameters(), lr=0.01, **kw), cls(eager.parameters(), lr=0.01, **kw)
+    data = [(torch.randn(16, 32, device="cuda"), torch.randn(16, 4, device="cuda")) for _ in range(8)]
+    static_x, static_y = data[0][0].clone(), data[0][1].clone()
+
+    def train_step(m, o, x, y):
+        o.zero_grad(set_to_none=False)
+        nn.functional.mse_loss(m(x), y).backward()
+        o.step()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up creates the optimizer state outside the capture
+        for x, y in data[:3]:
+            static_x.copy_(x), static_y.copy_(y)
+            train_step(model, opt, static_x, static_y)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        train_step(model, opt, static_x, static_y)
+    for x, y in data[3:]:
+        static_x.copy_(x), static_y.copy_(y)
+        graph.replay()
+    for x, y in data:
+        train_step(eager, eager_opt, x, y)
+    torch.cuda.synchronize()
+    for p, q in zip(model.parameters(), eager.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    step = next(iter(opt.state.values()))["step"]
+    assert step.is_cuda and float(step) == len(data)
