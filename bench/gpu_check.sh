@@ -25,7 +25,7 @@ finish() {
   tar czf "$OUT/gpu_results.tgz" -C "$WORK" .
   {
     cat "$WORK/env.txt" 2>/dev/null
-    echo "---- CUDA tests"; grep -E "^(FAILED|ERROR)|passed|failed" "$WORK/tests_cuda.log" 2>/dev/null | tail -40
+    echo "---- CUDA tests"; grep -E "^(FAILED|ERROR)|passed|failed|node down|crashed" "$WORK/tests_cuda.log" 2>/dev/null | tail -40
     echo "---- first failures"; grep -B2 -A25 -m3 "^E  " "$WORK/tests_cuda.log" 2>/dev/null | head -150
     echo "---- benchmarks"; grep -v "it/s\]$\|s/it\]$" "$WORK/bench.log" 2>/dev/null | tail -120
     echo "---- sanitizer"; tail -20 "$WORK/sanitizer.log" 2>/dev/null
@@ -50,19 +50,27 @@ echo "build rc=$rc in $(( $(date +%s) - start )) s" | tee -a "$WORK/env.txt"
 (cd /tmp && "$PY" -c "import peftcore; print(peftcore.build_info())") 2>&1 | tee -a "$WORK/env.txt"
 
 # The CUDA tests only (the CPU ones run in CI); no -x, so one failure hides no other.
-# pytest-timeout (when installed) turns a hung kernel into one failure, not a lost run.
-TIMEOUT_OPT=$("$PY" -c "import pytest_timeout" 2>/dev/null && echo "--timeout=120")
-timeout "$(cap 200)" "$PY" -m pytest tests -q -k "cuda" -p no:cacheprovider $TIMEOUT_OPT 2>&1 \
+PHASES=${PHASES:-"diag tests bench sanitize"}
+has() { case " $PHASES " in *" $1 "*) return 0 ;; esac; return 1; }
+
+# Errors raised inside the extension must come back as Python exceptions, never a crash.
+has diag && (cd /tmp && timeout "$(cap 60)" "$PY" "$OLDPWD/bench/diag_errors.py") 2>&1 | tee -a "$WORK/env.txt"
+
+# pytest-timeout turns a hung kernel into one failure; pytest-xdist (when installed)
+# replaces a crashed worker, so one segfault does not hide the tests after it.
+TEST_OPTS=$("$PY" -c "import pytest_timeout" 2>/dev/null && echo "--timeout=120")
+TEST_OPTS="$TEST_OPTS $("$PY" -c "import xdist" 2>/dev/null && echo "-n 4")"
+has tests && timeout "$(cap 200)" "$PY" -m pytest tests -q -k "cuda" -p no:cacheprovider $TEST_OPTS 2>&1 \
   | tee "$WORK/tests_cuda.log" | grep -E "^(FAILED|ERROR)|passed|failed"
 
 # One process per family, each with its own cap, so a slow family cannot starve the rest.
-for family in ${FAMILIES:-lora adapters optim sparse}; do
+for family in $(has bench && echo ${FAMILIES:-lora adapters optim sparse}); do
   timeout "$(cap ${FAMILY_CAP_S:-80})" "$PY" bench/run.py --device cuda --ops "$family" --out "$WORK/bench" "$@" 2>&1 \
     | tee -a "$WORK/bench.log" | grep -v "it/s\]$\|s/it\]$" | tail -30
 done
 
 # Out-of-bounds and race checks of every kernel family on small shapes, with what time is left.
-if command -v compute-sanitizer > /dev/null && [ "$(left)" -gt 40 ]; then
+if has sanitize && command -v compute-sanitizer > /dev/null && [ "$(left)" -gt 40 ]; then
   (cd /tmp && timeout "$(cap 120)" compute-sanitizer --tool memcheck --print-limit 20 \
      "$PY" "$OLDPWD/bench/sanitize_smoke.py") > "$WORK/sanitizer.log" 2>&1
   echo "sanitizer rc=$?" >> "$WORK/sanitizer.log"

@@ -14,6 +14,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "sparse/sparse_checks.h"
@@ -61,6 +62,9 @@ std::pair<at::Tensor, at::Tensor> merge_parts(const at::Tensor& param, const std
     val_parts.push_back(values[j].to(acc).mul(weights[j]));
   }
   if (parts.size() == 1) return {indices[parts[0]].contiguous().clone(), val_parts[0].contiguous()};
+  if (std::all_of(idx_parts.begin(), idx_parts.end(), [](const at::Tensor& t) { return t.numel() == 0; })) {
+    return {at::empty({0}, param.options().dtype(at::kLong)), at::empty({0}, param.options().dtype(acc))};
+  }
   const auto [sorted, perm] = at::sort(at::cat(idx_parts), /*stable=*/true, 0, false);
   const auto [uniq, inverse, counts] = at::unique_consecutive(sorted, false, true);
   return {uniq, at::segment_reduce(at::cat(val_parts).index_select(0, perm), "sum",
