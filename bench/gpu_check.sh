@@ -42,7 +42,7 @@ trap finish EXIT
 # Hopper only, all cores: the build takes about a minute there.
 start=$(date +%s)
 PEFTCORE_ENABLE_CUDA=ON PEFTCORE_CUDA_ARCHITECTURES=90 CMAKE_BUILD_PARALLEL_LEVEL=16 \
-  timeout "$(cap 300)" "$PY" -m pip install --no-build-isolation --no-deps --no-cache-dir . > "$WORK/build.log" 2>&1
+  timeout "$(cap 300)" "$PY" -m pip install -v --no-build-isolation --no-deps --no-cache-dir . > "$WORK/build.log" 2>&1
 rc=$?
 echo "build rc=$rc in $(( $(date +%s) - start )) s" | tee -a "$WORK/env.txt"
 [ $rc -eq 0 ] || { tail -50 "$WORK/build.log"; exit $rc; }
@@ -54,7 +54,7 @@ PHASES=${PHASES:-"diag tests bench sanitize"}
 has() { case " $PHASES " in *" $1 "*) return 0 ;; esac; return 1; }
 
 # Errors raised inside the extension must come back as Python exceptions, never a crash.
-has diag && (cd /tmp && timeout "$(cap 60)" "$PY" "$OLDPWD/bench/diag_errors.py") 2>&1 | tee -a "$WORK/env.txt"
+has diag && (cd /tmp && timeout "$(cap 60)" "$PY" "$OLDPWD/bench/diag/errors.py") 2>&1 | tee -a "$WORK/env.txt"
 
 # pytest-timeout turns a hung kernel into one failure; pytest-xdist (when installed)
 # replaces a crashed worker, so one segfault does not hide the tests after it.
