@@ -87,6 +87,9 @@ def plot_family(path: Path):
 def section() -> str:
     parts = [BEGIN, ""]
     for machine in sorted(p for p in RESULTS.iterdir() if p.is_dir()):
+        notes = machine / "README.md"
+        if notes.exists():  # what the machine's numbers are and are not (kept beside them)
+            parts.append(f"Results on `{machine.name}`: read [its notes]({notes.relative_to(ROOT).as_posix()}) first.\n")
         for path in sorted(machine.glob("*.json")):
             parts.append(family_table(path))
             png = plot_family(path)

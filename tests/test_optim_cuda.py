@@ -141,5 +141,6 @@ def test_whole_step_captures_in_a_cuda_graph(cls, kw):
     torch.cuda.synchronize()
     for p, q in zip(model.parameters(), eager.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
-    step = next(iter(opt.state.values()))["step"]
-    assert step.is_cuda and float(step) == len(data)
+    if cls is Lamb:  # LARS keeps no step counter
+        step = next(iter(opt.state.values()))["step"]
+        assert step.is_cuda and float(step) == len(data)
