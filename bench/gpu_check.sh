@@ -54,7 +54,7 @@ PHASES=${PHASES:-"diag tests bench sanitize"}
 has() { case " $PHASES " in *" $1 "*) return 0 ;; esac; return 1; }
 
 # Errors raised inside the extension must come back as Python exceptions, never a crash.
-has diag && (cd /tmp && timeout "$(cap 60)" "$PY" "$OLDPWD/bench/diag/errors.py") 2>&1 | tee -a "$WORK/env.txt"
+has diag && (cd /tmp && timeout "$(cap 150)" "$PY" "$OLDPWD/bench/diag/errors.py") 2>&1 | tee -a "$WORK/env.txt"
 
 # pytest-timeout turns a hung kernel into one failure; pytest-xdist (when installed)
 # replaces a crashed worker, so one segfault does not hide the tests after it.
