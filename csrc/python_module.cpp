@@ -13,9 +13,6 @@ PYBIND11_MODULE(_C, m) {
     info["cuda_compiled"] = static_cast<bool>(PEFTCORE_WITH_CUDA);
     info["cuda_version"] = PEFTCORE_CUDA_VERSION;
     info["cuda_architectures"] = PEFTCORE_CUDA_ARCHS;
-    // The compilers matter when a binary misbehaves on one machine only.
-    info["cxx_compiler"] = PEFTCORE_CXX_COMPILER;
-    info["cuda_host_compiler"] = PEFTCORE_CUDA_HOST_COMPILER;
     return info;
   }, "What this binary was compiled with and against.");
 }

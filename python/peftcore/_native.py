@@ -34,4 +34,6 @@ from . import _C  # noqa: E402  (loads the library and registers torch.ops.peftc
 
 def build_info() -> dict:
     """What this binary was compiled with: versions, CUDA and architectures."""
-    return dict(_C.build_info())
+    from . import _build_config as cfg
+
+    return dict(_C.build_info(), cxx_compiler=cfg.CXX_COMPILER, cuda_host_compiler=cfg.CUDA_HOST_COMPILER)
