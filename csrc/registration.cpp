@@ -46,6 +46,11 @@ TORCH_LIBRARY(peftcore, m) {
       "sparse_compose_(Tensor(a!)[] params, Tensor[] indices, Tensor[] values, int[] owner, "
       "float[] weights) -> (Tensor[] indices, Tensor[] originals)");
   m.def("sparse_revert_(Tensor(a!)[] params, Tensor[] indices, Tensor[] originals) -> ()");
+  // The same union and weighted sums without touching the parameters (params are
+  // read for shapes only): several deltas combined into one, on any device.
+  m.def(
+      "sparse_merge(Tensor[] params, Tensor[] indices, Tensor[] values, int[] owner, "
+      "float[] weights) -> (Tensor[] indices, Tensor[] values)");
 
   // Hydra: h = x W^T + b; y = h + s_p (drop(x) A_p^T) B_p^T + s_s (drop(h) A_s^T) B_s^T.
   // Either branch may be absent (its A and B None). Saved for backward: x, h and

@@ -287,3 +287,57 @@ def test_composable_sft_file_column_major_conversion(tmp_path):
     torch.save({"nope": 1}, tmp_path / "bad.bin")
     with pytest.raises(ValueError, match="'diffs'"):
         from_composable_sft(tmp_path / "bad.bin")
+
+
+# ----------------------------------------------------------------------------- sparse_merge
+# The device-generic union + weighted sum: the CUDA backend of sparse_compose_ is built
+# on it, so its logic is checked here on CPU against the CPU compose.
+merge_many = torch.ops.peftcore.sparse_merge
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(1, 60), min_size=1, max_size=4), density=st.floats(0.0, 1.0),
+       n_deltas=st.integers(1, 3), seed=st.integers(0, 2**16), dtype=st.sampled_from(DTYPES))
+def test_merge_matches_cpu_compose(sizes, density, n_deltas, seed, dtype):
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.zeros(n, dtype=torch.float64) for n in sizes] + [torch.zeros(3, dtype=dtype)]
+    idx, vals, owner, weights = [], [], [], []
+    for i, p in enumerate(params[:-1]):  # the last parameter has no parts
+        for _ in range(n_deltas):
+            count = int(density * p.numel())
+            idx.append(random_indices(p.numel(), count, gen))
+            vals.append(torch.randn(count, generator=gen, dtype=torch.float64).to(dtype))
+            owner.append(i)
+            weights.append(float(torch.randn((), generator=gen)))
+    unions, deltas = merge_many(params, idx, vals, owner, weights)
+    targets = [p.clone() for p in params]
+    expected_unions, _ = compose_many(targets, idx, vals, owner, weights)
+    for u, d, eu, t in zip(unions, deltas, expected_unions, targets):
+        assert torch.equal(u, eu)
+        torch.testing.assert_close(d.to(torch.float64), t.flatten()[eu].to(torch.float64), rtol=1e-12, atol=1e-12)
+    assert unions[-1].numel() == 0 and deltas[-1].numel() == 0
+    assert all(torch.equal(p, torch.zeros_like(p)) for p in params), "merge must not write the params"
+
+
+@pytest.mark.parametrize(
+    "bad,pattern",
+    [([3, 2], "strictly increasing"), ([1, 1], "strictly increasing"), ([0, 100], "out of range"),
+     ([-1, 2], "out of range")],
+)
+def test_merge_batched_validation_names_the_bad_list(bad, pattern):
+    params = [torch.zeros(10), torch.zeros(100)]
+    idx = [torch.tensor([5, 9]), torch.tensor(bad), torch.tensor([0, 99])]
+    with pytest.raises(RuntimeError, match=rf"sparse_merge: indices\[1\].*{pattern}"):
+        merge_many(params, idx, [torch.ones(2)] * 3, [0, 0, 1], [1.0] * 3)
+    # Lists that are fine one by one but decrease across a list boundary are fine.
+    unions, _ = merge_many(params, [torch.tensor([8, 9]), torch.tensor([0, 1])], [torch.ones(2)] * 2,
+                           [0, 1], [1.0, 1.0])
+    assert unions[0].tolist() == [8, 9] and unions[1].tolist() == [0, 1]
+
+
+def test_opcheck_sparse_merge():
+    params = [torch.randn(8, 9), torch.randn(5)]
+    idx = [torch.tensor([1, 5, 70]), torch.tensor([5, 6]), torch.tensor([0, 4])]
+    vals = [torch.randn(3), torch.randn(2), torch.randn(2)]
+    torch.library.opcheck(merge_many, (params, idx, vals, [0, 0, 1], [1.0, 0.5, 2.0]),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))

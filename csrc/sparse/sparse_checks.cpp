@@ -25,8 +25,7 @@ void check_index_tensor(const char* op, const char* name, size_t j, const at::Te
 
 std::vector<std::vector<int64_t>> check_sparse_compose(at::TensorList params, at::TensorList indices,
                                                        at::TensorList values, at::IntArrayRef owner,
-                                                       at::ArrayRef<double> weights) {
-  constexpr const char* op = "sparse_compose_";
+                                                       at::ArrayRef<double> weights, const char* op) {
   for (size_t i = 0; i < params.size(); ++i) check_param(op, i, params[i]);
   const size_t n = indices.size();
   TORCH_CHECK(values.size() == n && owner.size() == n && weights.size() == n, op,

@@ -13,7 +13,8 @@ namespace peftcore {
 // Returns, per parameter, the entries that belong to it (in entry order).
 std::vector<std::vector<int64_t>> check_sparse_compose(at::TensorList params, at::TensorList indices,
                                                        at::TensorList values, at::IntArrayRef owner,
-                                                       at::ArrayRef<double> weights);
+                                                       at::ArrayRef<double> weights,
+                                                       const char* op = "sparse_compose_");
 
 void check_sparse_revert(at::TensorList params, at::TensorList indices, at::TensorList originals);
 

@@ -163,6 +163,15 @@ def _sparse_compose_fake(params, indices, values, owner, weights):
             [p.new_empty((n,)) for p, n in zip(params, sizes)])
 
 
+@torch.library.register_fake("peftcore::sparse_merge")
+def _sparse_merge_fake(params, indices, values, owner, weights):
+    ctx = torch.library.get_ctx()
+    acc = torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
+    sizes = [ctx.new_dynamic_size() for _ in params]
+    return ([p.new_empty((n,), dtype=torch.int64) for p, n in zip(params, sizes)],
+            [p.new_empty((n,), dtype=acc) for p, n in zip(params, sizes)])
+
+
 @torch.library.register_fake("peftcore::sparse_revert_")
 def _sparse_revert_fake(params, indices, originals):
     return None

@@ -1,0 +1,147 @@
+#include "sparse/sparse_merge.h"
+
+#include <ATen/ops/cat.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/searchsorted.h>
+#include <ATen/ops/segment_reduce.h>
+#include <ATen/ops/sort.h>
+#include <ATen/ops/tensor.h>
+#include <ATen/ops/unique_consecutive.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include "sparse/sparse_checks.h"
+
+namespace peftcore {
+namespace {
+
+at::Tensor host_longs(const std::vector<int64_t>& v, const at::Device& device) {
+  return at::tensor(v, at::TensorOptions().dtype(at::kLong)).to(device, /*non_blocking=*/false);
+}
+
+// The slow, exact diagnosis once the batched check has failed: which list, and why.
+[[noreturn]] void report_bad_list(const char* op, at::TensorList params, at::TensorList indices,
+                                  const std::vector<std::vector<int64_t>>& parts) {
+  for (size_t i = 0; i < parts.size(); ++i) {
+    for (int64_t j : parts[i]) {
+      const at::Tensor& idx = indices[j];
+      if (idx.numel() == 0) continue;
+      TORCH_CHECK(idx.min().item<int64_t>() >= 0 && idx.max().item<int64_t>() < params[i].numel(), op,
+                  ": indices[", j, "] holds values out of range for a parameter of ", params[i].numel(),
+                  " elements");
+      TORCH_CHECK(idx.numel() < 2 || idx.narrow(0, 1, idx.numel() - 1).gt(idx.narrow(0, 0, idx.numel() - 1))
+                                         .all().item<bool>(),
+                  op, ": indices[", j, "] must be strictly increasing");
+    }
+  }
+  TORCH_INTERNAL_ASSERT(false, op, ": batched index check failed but no list is bad");
+}
+
+}  // namespace
+
+MergedDeltas merge_sparse_parts(const char* op, at::TensorList params, at::TensorList indices, at::TensorList values,
+                                at::ArrayRef<double> weights,
+                                const std::vector<std::vector<int64_t>>& parts) {
+  MergedDeltas out;
+  out.acc = at::kFloat;
+  for (const at::Tensor& p : params) {
+    if (p.scalar_type() == at::kDouble) out.acc = at::kDouble;
+  }
+  const size_t n = params.size();
+  out.indices.resize(n);
+  out.deltas.resize(n);
+
+  // Every part's indices shifted into one key space (parameter i owns
+  // [offset_i, offset_i + numel_i)), concatenated in parameter then part order.
+  std::vector<at::Tensor> keys, vals;
+  std::vector<int64_t> offsets(n + 1, 0), first_pos, last_pos, lo, hi, boundaries;
+  std::vector<size_t> owners;
+  int64_t total = 0;
+  for (size_t i = 0; i < n; ++i) {
+    offsets[i + 1] = offsets[i] + params[i].numel();
+    for (int64_t j : parts[i]) {
+      const int64_t len = indices[j].numel();
+      if (len == 0) continue;
+      keys.push_back(offsets[i] == 0 ? indices[j] : indices[j].add(offsets[i]));
+      vals.push_back(values[j].to(out.acc).mul(weights[j]));
+      first_pos.push_back(total);
+      last_pos.push_back(total + len - 1);
+      lo.push_back(offsets[i]);
+      hi.push_back(offsets[i] + params[i].numel() - 1);
+      if (total > 0) boundaries.push_back(total - 1);  // pair (total-1, total) crosses lists
+      total += len;
+    }
+  }
+  if (total == 0) {
+    for (size_t i = 0; i < n; ++i) {
+      if (parts[i].empty()) continue;
+      out.indices[i] = at::empty({0}, params[i].options().dtype(at::kLong));
+      out.deltas[i] = at::empty({0}, params[i].options().dtype(out.acc));
+    }
+    return out;
+  }
+  const at::Device device = keys.front().device();
+  for (size_t i = 0; i < n; ++i) {
+    TORCH_CHECK(params[i].device() == params[0].device(), op, ": all parameters must be on one "
+                "device here, got params[0] on ", params[0].device(), " and params[", i, "] on ",
+                params[i].device());
+  }
+  const at::Tensor key = at::cat(keys);
+
+  // Validation, batched: strictly increasing inside each list (pairs that cross two
+  // lists are exempt) and, given that, each list's first and last key inside its
+  // parameter's range. One host read.
+  at::Tensor ok = key.index_select(0, host_longs(first_pos, device)).ge(host_longs(lo, device)).all();
+  ok = ok.logical_and(key.index_select(0, host_longs(last_pos, device)).le(host_longs(hi, device)).all());
+  if (total > 1) {
+    at::Tensor increasing = key.narrow(0, 1, total - 1).gt(key.narrow(0, 0, total - 1));
+    if (!boundaries.empty()) increasing.index_fill_(0, host_longs(boundaries, device), true);
+    ok = ok.logical_and(increasing.all());
+  }
+  if (!ok.item<bool>()) report_bad_list(op, params, indices, parts);
+
+  // Union and sums: a stable sort keeps equal keys in part order, so the segment
+  // sums add the parts in a fixed order (deterministic).
+  const auto [sorted, perm] = at::sort(key, /*stable=*/true, 0, false);
+  const auto [uniq, inverse, counts] = at::unique_consecutive(sorted, false, true);
+  // unsafe: the counts are known positive, and checking them would read them back.
+  const at::Tensor summed = at::segment_reduce(at::cat(vals).index_select(0, perm), "sum", counts,
+                                               std::nullopt, std::nullopt, 0, /*unsafe=*/true);
+  const at::Tensor bounds =
+      at::searchsorted(uniq, host_longs(offsets, device)).to(at::kCPU);  // [n + 1]
+  const int64_t* b = bounds.const_data_ptr<int64_t>();
+  for (size_t i = 0; i < n; ++i) {
+    if (parts[i].empty()) continue;
+    const int64_t start = b[i], count = b[i + 1] - b[i];
+    const at::Tensor local = uniq.narrow(0, start, count);
+    out.indices[i] = offsets[i] == 0 ? local.clone() : local.sub(offsets[i]);
+    out.deltas[i] = summed.narrow(0, start, count);
+  }
+  return out;
+}
+
+namespace {
+
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> sparse_merge_op(
+    at::TensorList params, at::TensorList indices, at::TensorList values, at::IntArrayRef owner,
+    at::ArrayRef<double> weights) {
+  const auto parts = check_sparse_compose(params, indices, values, owner, weights, "sparse_merge");
+  MergedDeltas merged = merge_sparse_parts("sparse_merge", params, indices, values, weights, parts);
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (!merged.indices[i].defined()) {  // no parts: empty lists, not undefined tensors
+      merged.indices[i] = at::empty({0}, params[i].options().dtype(at::kLong));
+      merged.deltas[i] = at::empty({0}, params[i].options().dtype(merged.acc));
+    } else {
+      merged.deltas[i] = merged.deltas[i].clone();  // own storage, not a slice of the whole
+    }
+  }
+  return {merged.indices, merged.deltas};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(peftcore, CompositeExplicitAutograd, m) {
+  m.impl("sparse_merge", &sparse_merge_op);
+}
+
+}  // namespace peftcore
