@@ -379,3 +379,21 @@ def test_max_grad_norm_clips_without_touching_grads():
     q.grad = grad.clone()
     Lamb([q], lr=0.1, max_grad_norm=1.0, weight_decay=0.0).step()
     assert torch.isfinite(q).all()
+
+
+@pytest.mark.parametrize("cls", [Lamb, Lars])
+def test_state_dict_carries_no_caches_and_late_gradients_join(cls):
+    """Launch plans are cached per set of params with gradients: a param whose gradient
+    appears later joins (with fresh state), and nothing cached leaks into state_dict."""
+    a, b = nn.Parameter(torch.randn(5)), nn.Parameter(torch.randn(3))
+    opt = cls([a, b], lr=0.1, weight_decay=0.01)
+    a.grad = torch.randn(5)
+    opt.step()
+    b_before = b.detach().clone()
+    b.grad = torch.randn(3)
+    opt.step()
+    assert not torch.equal(b, b_before), "b got a gradient and must have been updated"
+    groups = opt.state_dict()["param_groups"]
+    assert all(set(g) == set(opt.defaults) | {"params"} for g in groups), groups[0].keys()
+    if cls is Lamb:  # one step counter per group: b joined the group's counter
+        assert opt.state[a]["step"] is opt.state[b]["step"]

@@ -28,6 +28,17 @@ class FusedOptimizer(torch.optim.Optimizer):
     def __init__(self, params, defaults: dict, master_weights: bool) -> None:
         super().__init__(params, defaults)
         self.master_weights = master_weights
+        self._forget_plans()
+
+    def _forget_plans(self) -> None:
+        # Kept off the param groups, so that state_dict() never carries them.
+        self._plans: dict = {}  # (group id, device, param ids) -> launch batches
+        self._scalars: dict = {}  # (group id, key, device) -> float32 tensor
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        if hasattr(self, "_plans"):
+            self._forget_plans()
 
     def load_state_dict(self, state_dict: dict) -> None:
         """torch's loader casts every state tensor to its parameter's dtype; the
@@ -37,6 +48,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         super().load_state_dict(state_dict)
+        self._forget_plans()  # new group dicts and new state tensors
         for pid, p in zip(ids, params):
             for key, value in saved.get(pid, {}).items():
                 if key != "step" and isinstance(value, Tensor):
@@ -69,36 +81,37 @@ class FusedOptimizer(torch.optim.Optimizer):
         return scale, found_inf
 
     def _scalar(self, group: dict, key: str, device: torch.device) -> Tensor:
-        """group[key] as a float32 tensor on `device`, kept in the group and refreshed in place."""
-        cache = group.setdefault("_tensors", {})
-        t = cache.get((key, device))
+        """group[key] as a float32 tensor on `device`, cached per group and refreshed in place."""
         value = group[key]
         if isinstance(value, Tensor):
             return value.to(device=device, dtype=torch.float32)
+        t = self._scalars.get((id(group), key, device))
         if t is None:
-            t = cache[(key, device)] = torch.empty((), dtype=torch.float32, device=device)
+            t = self._scalars[(id(group), key, device)] = torch.empty((), dtype=torch.float32, device=device)
         t.fill_(value)
         return t
 
-    def _group_step(self, group: dict, params: list[Tensor], found_inf: Optional[Tensor]) -> Tensor:
-        """The group's step counter (float32, on the params' device), advanced unless skipped."""
-        device = params[0].device
-        step = None
-        for p in params:
-            s = self.state[p].get("step")
-            if s is not None:
-                step = s
-                break
-        if step is None:
-            step = torch.zeros((), dtype=torch.float32, device=device)
-        elif step.device != device:
-            step = step.to(device)
+    def _group_step(self, plan: dict, params: list[Tensor], found_inf: Optional[Tensor]) -> Tensor:
+        """The group's step counter (float32, on the params' device; one tensor shared by
+        the group's params), advanced unless the step is skipped."""
+        step = plan.get("step")
+        if step is None:  # first use of this plan: find (or make) the counter and share it
+            device = params[0].device
+            for p in params:
+                step = self.state[p].get("step")
+                if step is not None:
+                    break
+            if step is None:
+                step = torch.zeros((), dtype=torch.float32, device=device)
+            elif step.device != device or step.dtype != torch.float32:
+                step = step.to(device=device, dtype=torch.float32)
+            for p in params:
+                self.state[p]["step"] = step
+            plan["step"] = step
         if found_inf is None:
             step.add_(1)
         else:
             step.add_((found_inf == 0).to(step.dtype))
-        for p in params:  # one shared counter per group
-            self.state[p]["step"] = step
         return step
 
     def _by_device(self, group: dict, name: str) -> dict[torch.device, list[Tensor]]:
@@ -129,23 +142,42 @@ class FusedOptimizer(torch.optim.Optimizer):
             state[key] = torch.zeros(p.shape, dtype=dtype, device=p.device)
         return state[key]
 
-    def _lists(self, params: list[Tensor]):
-        """(kernel params, grads, model params to refresh) for one device: master weights
-        split into their own launch so every launch has one dtype layout."""
-        plain, masters, models, m_grads, grads = [], [], [], [], []
+    def _plan(self, group: dict, device: torch.device, params: list[Tensor], state_keys: tuple[str, ...]):
+        """The launch batches for these params, built once and reused while the set of
+        params with gradients stays the same: per batch the kernel params, the params
+        whose .grad feeds the kernel, the model params to refresh and the state lists. Master weights go
+        in their own batch so that every launch has one dtype layout. Building it
+        creates missing state; `fresh` says which momentum state it just created."""
+        key = (id(group), device, tuple(map(id, params)))
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+        plain, masters = [], []
         for p in params:
             master = self._master(p)
-            g = p.grad if p.grad.is_contiguous() else p.grad.contiguous()
             if master is None:
                 plain.append(p)
-                grads.append(g)
             else:
-                masters.append(master)
-                models.append(p)
-                m_grads.append(g)
+                masters.append((master, p))
         batches = []
         if plain:
-            batches.append((plain, grads, [], plain))
+            batches.append(self._batch(plain, plain, [], plain, state_keys))
         if masters:
-            batches.append((masters, m_grads, models, models))
-        return batches
+            models = [p for _, p in masters]
+            batches.append(self._batch([m for m, _ in masters], models, models, models, state_keys))
+        plan = self._plans[key] = {"batches": batches}
+        return plan
+
+    def _batch(self, kparams, grad_owners, models, keys, state_keys) -> dict:
+        fresh = [any(k not in self.state[p] for k in state_keys) for p in keys]
+        states = {k: [self._state_tensor(p, k) for p in keys] for k in state_keys}
+        return {"params": kparams, "grad_owners": grad_owners, "models": models, "states": states,
+                "fresh": fresh}
+
+    @staticmethod
+    def _grads(batch: dict) -> list[Tensor]:
+        out = []
+        for p in batch["grad_owners"]:
+            g = p.grad
+            out.append(g if g.is_contiguous() else g.contiguous())
+        return out

@@ -79,13 +79,12 @@ class Lamb(FusedOptimizer):
                         min_trust=min_trust, adapt=None)
         super().__init__(params, defaults, master_weights)
 
-    def _grad_divisors(self) -> dict[torch.device, torch.Tensor]:
+    def _grad_divisors(self, work) -> dict[torch.device, torch.Tensor]:
         """Per device: loss scale x global clipping factor, computed on device (no sync)."""
         max_norm = self.defaults["max_grad_norm"]
         by_device: dict[torch.device, list] = {}
-        for group in self.param_groups:
-            for device, params in self._by_device(group, "Lamb").items():
-                by_device.setdefault(device, []).extend(p.grad for p in params)
+        for _, device, params in work:
+            by_device.setdefault(device, []).extend(p.grad for p in params)
         divisors = {}
         sumsq_total = None
         for device, grads in by_device.items():
@@ -106,22 +105,21 @@ class Lamb(FusedOptimizer):
     @torch.no_grad()
     def step(self, closure=None):
         loss = self._run_closure(closure)
-        divisors = self._grad_divisors()
-        for group in self.param_groups:
+        work = [(group, device, params) for group in self.param_groups
+                for device, params in self._by_device(group, "Lamb").items()]
+        divisors = self._grad_divisors(work)
+        for group, device, params in work:
             beta1, beta2 = group["betas"]
-            adapt = self._adapts(group)
-            for device, params in self._by_device(group, "Lamb").items():
-                _, found_inf = self._amp_inputs(device)
-                step = self._group_step(group, params, found_inf)
-                lr = self._scalar(group, "lr", device)
-                for kparams, grads, models, keys in self._lists(params):
-                    _ops.lamb_step_(
-                        kparams, grads,
-                        [self._state_tensor(p, "exp_avg") for p in keys],
-                        [self._state_tensor(p, "exp_avg_sq") for p in keys],
-                        models, lr, step, divisors[device], found_inf,
-                        beta1, beta2, group["eps"], group["weight_decay"],
-                        group["bias_correction"], group["grad_averaging"], bool(adapt),
-                        group["trust_clip"], group["phi_min"], group["phi_max"], group["min_trust"],
-                    )
+            _, found_inf = self._amp_inputs(device)
+            plan = self._plan(group, device, params, ("exp_avg", "exp_avg_sq"))
+            step = self._group_step(plan, params, found_inf)
+            lr = self._scalar(group, "lr", device)
+            for batch in plan["batches"]:
+                _ops.lamb_step_(
+                    batch["params"], self._grads(batch), batch["states"]["exp_avg"],
+                    batch["states"]["exp_avg_sq"], batch["models"], lr, step, divisors[device], found_inf,
+                    beta1, beta2, group["eps"], group["weight_decay"],
+                    group["bias_correction"], group["grad_averaging"], bool(self._adapts(group)),
+                    group["trust_clip"], group["phi_min"], group["phi_max"], group["min_trust"],
+                )
         return loss

@@ -59,18 +59,20 @@ class Lars(FusedOptimizer):
         loss = self._run_closure(closure)
         for group in self.param_groups:
             adapt = self._adapts(group)
-            use_momentum = group["momentum"] != 0
+            state_keys = ("momentum_buffer",) if group["momentum"] != 0 else ()
             for device, params in self._by_device(group, "Lars").items():
                 scale, found_inf = self._amp_inputs(device)
                 divisor = scale if scale is not None else torch.ones((), device=device)
                 lr = self._scalar(group, "lr", device)
-                for kparams, grads, models, keys in self._lists(params):
-                    fresh = [use_momentum and "momentum_buffer" not in self.state[p] for p in keys]
-                    buffers = [self._state_tensor(p, "momentum_buffer") for p in keys] if use_momentum else []
+                for batch in self._plan(group, device, params, state_keys)["batches"]:
+                    buffers = batch["states"].get("momentum_buffer", [])
+                    # A buffer the plan just created starts from the gradient (torch SGD).
+                    fresh = batch["fresh"] if buffers else []
                     _ops.lars_step_(
-                        kparams, grads, buffers, models, lr, divisor, found_inf, fresh,
-                        group["momentum"], group["dampening"], group["weight_decay"],
+                        batch["params"], self._grads(batch), buffers, batch["models"], lr, divisor,
+                        found_inf, fresh, group["momentum"], group["dampening"], group["weight_decay"],
                         group["nesterov"], group["trust_coeff"], group["eps"], group["trust_clip"],
                         bool(adapt),
                     )
+                    batch["fresh"] = [False] * len(batch["fresh"])
         return loss
