@@ -308,3 +308,29 @@ def test_demo_cli_trains_every_adapter_kind(adapter, optimizer, capsys):
                         "--rank", "8", "--lr", "1e-2"])
     assert last < first
     assert cli(["nope"]) == 2 and "unknown command" in capsys.readouterr().err
+
+
+def test_modules_to_save_head_round_trips_and_bad_head_leaves_model_untouched(tmp_path):
+    """The fully trained head goes into the adapter file and comes back; a head of the
+    wrong shape is refused before anything (adapters included) is written."""
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    config = LoraConfig(r=2, alpha=4, target_modules=["0"], modules_to_save=["2"])
+    model = peftcore.inject(copy.deepcopy(base), config)
+    assert model[2].weight.requires_grad and not model[0].base_layer.weight.requires_grad
+    randomize_b(model)
+    with torch.no_grad():
+        model[2].weight.add_(1.0)
+    peftcore.save_adapter(model, tmp_path / "a")
+    x = torch.randn(4, 8)
+    fresh = copy.deepcopy(base)
+    peftcore.load_adapter(fresh, tmp_path / "a")
+    assert torch.equal(fresh(x), model(x))
+
+    small = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    before = copy.deepcopy(small)
+    with pytest.raises(ValueError, match=r"saved module parameter 2\.(weight|bias)"):
+        peftcore.load_adapter(small, tmp_path / "a")
+    assert not peftcore.model.lora_layers(small)
+    for p, q in zip(small.parameters(), before.parameters()):
+        assert torch.equal(p, q)

@@ -14,7 +14,7 @@ from typing import Callable, Union
 import torch
 from torch import Tensor, nn
 
-from .config import BoneConfig, LoraConfig, config_from_dict
+from .config import BoneConfig, LoraConfig, config_from_dict, matches
 from .inject import adapter_layers, as_linear, inject, is_conv1d, remove_adapters, target_names
 
 PathLike = Union[str, os.PathLike]
@@ -23,6 +23,7 @@ WEIGHTS = "adapter.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
+SAVED = "modules_to_save."  # key prefix of the fully trained modules (heads) in our file
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
@@ -54,6 +55,17 @@ def _adapter_tensors(model: nn.Module, prefix: str = "") -> dict[str, Tensor]:
     return out
 
 
+def _saved_module_tensors(model: nn.Module, config) -> dict[str, Tensor]:
+    """The parameters of the modules trained in full (`modules_to_save`), by full name."""
+    out = {}
+    if config.modules_to_save:
+        for name, module in model.named_modules():
+            if name and matches(name, config.modules_to_save):
+                for pname, p in module.named_parameters():
+                    out[f"{name}.{pname}"] = p.detach().cpu().contiguous()
+    return out
+
+
 def _read_safetensors(path: Path) -> dict[str, Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -82,13 +94,15 @@ def _require_injected(model: nn.Module):
 
 
 def save_adapter(model: nn.Module, directory: PathLike) -> None:
-    """Writes the adapters (safetensors) and their config (JSON) to `directory`."""
+    """Writes the adapters and the modules trained in full (`modules_to_save`, e.g. a
+    classification head) as safetensors, and their config as JSON, to `directory`."""
     from safetensors.torch import save_file
 
     config = _require_injected(model)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = _adapter_tensors(model)
+    tensors.update({SAVED + k: t for k, t in _saved_module_tensors(model, config).items()})
     _atomic_write(directory / WEIGHTS, lambda tmp: save_file(tensors, tmp))
     _write_json(directory / CONFIG, {"config": config.to_dict(), "layers": sorted(adapter_layers(model))})
 
@@ -116,9 +130,13 @@ def _check_tensors(tensors: dict[str, Tensor], model: nn.Module, names: list[str
 
 
 def _install(model: nn.Module, config, names: list[str], tensors: dict[str, Tensor],
-             key: Callable[[str, str], str]) -> nn.Module:
-    """Injects (where needed) and copies the weights; undoes everything if it fails."""
-    grad_state = {n: p.requires_grad for n, p in model.named_parameters()}
+             key: Callable[[str, str], str], saved: dict[str, Tensor] | None = None) -> nn.Module:
+    """Injects (where needed) and copies the weights, then the fully trained modules'
+    (`saved`, by parameter name); undoes everything if it fails."""
+    saved = saved or {}
+    named = dict(model.named_parameters())
+    backup = {n: named[n].detach().clone() for n in saved}
+    grad_state = {n: p.requires_grad for n, p in named.items()}
     had_config = hasattr(model, "peftcore_config")
     fresh = [n for n in names if n not in adapter_layers(model)]
     try:
@@ -130,7 +148,12 @@ def _install(model: nn.Module, config, names: list[str], tensors: dict[str, Tens
             for n in names:
                 for pname, p in _layer_params(layers[n]).items():
                     p.copy_(tensors[key(n, pname)])
+            for n, t in saved.items():
+                named[n].copy_(t)
     except BaseException:
+        with torch.no_grad():
+            for n, t in backup.items():
+                named[n].copy_(t)
         remove_adapters(model, fresh)
         for n, p in model.named_parameters():
             if n in grad_state:
@@ -163,9 +186,17 @@ def load_adapter(model: nn.Module, directory: PathLike) -> nn.Module:
             base = _base_linear(model, n)
             if have != {p: tuple(s) for p, s in config.param_shapes(base.in_features, base.out_features).items()}:
                 raise ValueError(f"{directory}: {n} already holds a different adapter ({have})")
+    saved = {k[len(SAVED):]: t for k, t in tensors.items() if k.startswith(SAVED)}
+    tensors = {k: t for k, t in tensors.items() if not k.startswith(SAVED)}
+    params = dict(model.named_parameters())
+    for n, t in saved.items():
+        if n not in params or tuple(params[n].shape) != tuple(t.shape):
+            have = tuple(params[n].shape) if n in params else "no such parameter"
+            raise ValueError(f"{directory / WEIGHTS}: saved module parameter {n} {tuple(t.shape)} does not "
+                             f"match the model ({have})")
     key = lambda n, pname: f"{n}.{pname}"  # noqa: E731
     _check_tensors(tensors, model, names, config, directory / WEIGHTS, key)
-    return _install(model, config, names, tensors, key)
+    return _install(model, config, names, tensors, key, saved)
 
 
 # ----------------------------------------------------------------------------- HF PEFT
