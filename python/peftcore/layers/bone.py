@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops, reference
+from .low_rank import low_rank_delta
 
 VARIANTS = ("bone", "mini", "bat")
 
@@ -66,6 +67,7 @@ class BoneLinear(nn.Module):
             self.register_buffer("block_sum", block_sum_matrix(r, self.in_features, w.dtype, w.device),
                                  persistent=False)
         self.merged = False
+        self.active = True  # False: the layer runs its base alone (peftcore.set_adapter)
 
     def _up(self) -> Tensor:
         """B of the equivalent LoRA: [out, r]."""
@@ -102,8 +104,25 @@ class BoneLinear(nn.Module):
             w.sub_(self.delta_weight())
         self.merged = False
 
+    def low_rank(self):
+        """(A, B, dropout p) of the equivalent LoRA for bone and mini; None for bat,
+        which changes W itself."""
+        if self.variant == "bat":
+            return None
+        return self.block_sum, self._up(), self.dropout_p
+
+    def adapter_delta(self, x: Tensor, base_out: Tensor) -> Tensor:
+        """What the adapter adds to ``base(x)`` (plain torch ops; for bat
+        ``x (W' - W)^T``, whose difference is formed in float32 at least)."""
+        w = self.base_layer.weight
+        if self.variant != "bat":
+            return low_rank_delta(x, *self.low_rank(), self.training)
+        compute = torch.promote_types(w.dtype, torch.float32)
+        diff = ops.bone_bat_weight(w.to(compute), self.miss_block.to(compute)) - w.to(compute)
+        return nn.functional.linear(x, diff.to(x.dtype))
+
     def forward(self, x: Tensor) -> Tensor:
-        if self.merged:
+        if self.merged or not self.active:
             return self.base_layer(x)
         w = self.base_layer.weight
         if self.variant == "bat":

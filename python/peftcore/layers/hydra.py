@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from .low_rank import low_rank_delta
 
 
 class HydraLinear(nn.Module):
@@ -46,9 +47,27 @@ class HydraLinear(nn.Module):
             if a is not None:
                 nn.init.kaiming_uniform_(a, a=math.sqrt(5))
         self.merged = False
+        self.active = True  # False: the layer runs its base alone (peftcore.set_adapter)
+
+    def low_rank(self):
+        """(A_p, s_p B_p, p) when there is no sequential branch (then Hydra is LoRA on x);
+        None otherwise: the sequential branch reads the base output."""
+        if self.A_s is not None:
+            return None
+        return self.A_p, self.B_p * self.scale_parallel, self.dropout_p
+
+    def adapter_delta(self, x: Tensor, base_out: Tensor) -> Tensor:
+        """What the adapter adds to ``h = base(x)`` (plain torch ops)."""
+        out = 0
+        if self.A_p is not None:
+            out = low_rank_delta(x, self.A_p, self.B_p * self.scale_parallel, self.dropout_p, self.training)
+        if self.A_s is not None:
+            out = out + low_rank_delta(base_out, self.A_s, self.B_s * self.scale_sequential, self.dropout_p,
+                                       self.training)
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.merged:
+        if self.merged or not self.active:
             return self.base_layer(x)
         w = self.base_layer.weight
         cast = (lambda t: t if t is None else t.to(w.dtype))  # noqa: E731  (fp32 adapters on a 16-bit base)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from .low_rank import low_rank_delta
 
 
 def _check_rank_and_dropout(r: int, dropout: float) -> None:
@@ -55,6 +56,7 @@ class LoraLinear(nn.Module):
         self.lora_A = nn.Linear(self.in_features, r, bias=False, **factory)
         self.lora_B = nn.Linear(r, self.out_features, bias=False, **factory)
         self.merged = False
+        self.active = True  # False: the layer runs its base alone (peftcore.set_adapter)
         self.reset_lora_parameters()
 
     def reset_lora_parameters(self) -> None:
@@ -84,8 +86,17 @@ class LoraLinear(nn.Module):
         self.base_layer.weight.sub_(self.delta_weight())
         self.merged = False
 
+    def low_rank(self) -> tuple[Tensor, Tensor, float]:
+        """(A, scaling * B, dropout p): the adapter as ``(drop(x) A^T) B'^T``, for fusing
+        several adapters of one layer into a single op."""
+        return self.lora_A.weight, self.lora_B.weight * self.scaling, self.lora_dropout_p
+
+    def adapter_delta(self, x: Tensor, base_out: Tensor) -> Tensor:
+        """What the adapter adds to ``base(x)`` (plain torch ops)."""
+        return low_rank_delta(x, *self.low_rank(), self.training)
+
     def forward(self, x: Tensor) -> Tensor:
-        if self.merged:
+        if self.merged or not self.active:
             return self.base_layer(x)
         weight, bias = self.base_layer.weight, self.base_layer.bias
         lora_A, lora_B = self.lora_A.weight, self.lora_B.weight

@@ -3,7 +3,12 @@ exchange adapters with HF PEFT."""
 
 from .config import BoneConfig, HydraConfig, LoraConfig
 from .inject import (
+    active_adapters,
+    add_adapter,
     adapter_layers,
+    adapter_names,
+    delete_adapter,
+    set_adapter,
     disable_adapters,
     inject,
     lora_layers,
@@ -19,4 +24,5 @@ __all__ = [
     "LoraConfig", "HydraConfig", "BoneConfig", "adapter_layers", "disable_adapters", "inject",
     "lora_layers", "merge", "unmerge", "merge_and_unload", "trainable_parameters",
     "print_trainable_parameters", "save_adapter", "load_adapter", "to_peft", "from_peft",
+    "add_adapter", "set_adapter", "delete_adapter", "active_adapters", "adapter_names",
 ]

@@ -6,10 +6,11 @@ import contextlib
 
 from torch import nn
 
-from ..layers import BoneLinear, HydraLinear, LoraLinear
+from ..layers import AdapterSet, BoneLinear, HydraLinear, LoraLinear
 from .config import matches
 
 ADAPTER_LAYERS = (LoraLinear, HydraLinear, BoneLinear)
+SITES = ADAPTER_LAYERS + (AdapterSet,)  # what stands where an adapted nn.Linear was
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -37,41 +38,180 @@ def as_linear(module: nn.Module) -> nn.Linear:
     return linear
 
 
-def target_names(model: nn.Module, config) -> list[str]:
-    """The nn.Linear (or HF Conv1D) modules `config` selects (already-adapted layers excluded)."""
-    names = []
+def adapter_sites(model: nn.Module) -> dict[str, nn.Module]:
+    """The adapted places of the model, by module name: an adapter layer, or an
+    AdapterSet where several named adapters share one base layer."""
+    sites, inside = {}, ()
     for name, module in model.named_modules():
-        if isinstance(module, ADAPTER_LAYERS) or ".base_layer" in name or name.endswith("base_layer"):
+        if inside and name.startswith(inside):
             continue
-        if (isinstance(module, nn.Linear) or is_conv1d(module)) and matches(name, config.target_modules) \
-                and not matches(name, config.exclude_modules):
-            names.append(name)
-    return names
+        if isinstance(module, SITES):
+            sites[name] = module
+            inside = tuple(f"{n}." for n in sites)
+    return sites
 
 
-def inject(model: nn.Module, config) -> nn.Module:
-    """Replaces each matching nn.Linear by the config's adapter layer (LoraLinear,
-    HydraLinear or BoneLinear; in place), freezes every other parameter except
-    `modules_to_save`, and returns the model."""
-    names = target_names(model, config)
-    if not names:
-        linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        raise ValueError(f"no nn.Linear matches target_modules={config.target_modules!r}; "
-                         f"some Linear modules of this model: {linear[:6]}")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for name in names:
-        base = as_linear(model.get_submodule(name))
-        _set_submodule(model, name, config.make_layer(base))
+def _selects(name: str, config) -> bool:
+    return matches(name, config.target_modules) and not matches(name, config.exclude_modules)
+
+
+def target_names(model: nn.Module, config) -> list[str]:
+    """The nn.Linear (or HF Conv1D) modules `config` selects (already-adapted places excluded)."""
+    sites = adapter_sites(model)
+    prefixes = tuple(f"{n}." for n in sites)
+    return [name for name, module in model.named_modules()
+            if name not in sites and not (prefixes and name.startswith(prefixes))
+            and (isinstance(module, nn.Linear) or is_conv1d(module)) and _selects(name, config)]
+
+
+def _mark_modules_to_save(model: nn.Module, config) -> None:
     for name, module in model.named_modules():
         if config.modules_to_save and matches(name, config.modules_to_save):
             module.requires_grad_(True)
+
+
+def _no_match(config) -> ValueError:
+    return ValueError(f"no nn.Linear matches target_modules={config.target_modules!r}")
+
+
+def inject(model: nn.Module, config, adapter_name: str = "default") -> nn.Module:
+    """Replaces each matching nn.Linear by the config's adapter layer (LoraLinear,
+    HydraLinear or BoneLinear; in place), freezes every other parameter except
+    `modules_to_save`, and returns the model. The adapter is named `adapter_name`
+    and active. On a model that already has adapters this is `add_adapter`."""
+    if adapter_names(model):
+        return add_adapter(model, config, adapter_name)
+    names = target_names(model, config)
+    if not names:
+        linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        raise ValueError(f"{_no_match(config)}; some Linear modules of this model: {linear[:6]}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name in names:
+        layer = config.make_layer(as_linear(model.get_submodule(name)))
+        layer.adapter_name = adapter_name
+        _set_submodule(model, name, layer)
+    _mark_modules_to_save(model, config)
+    model.peftcore_adapters = {adapter_name: config}
+    model.peftcore_active = [adapter_name]
     model.peftcore_config = config
     return model
 
 
+def adapter_names(model: nn.Module) -> list[str]:
+    """The model's named adapters, in the order they were added."""
+    return list(getattr(model, "peftcore_adapters", {}))
+
+
+def active_adapters(model: nn.Module) -> list[str]:
+    return list(getattr(model, "peftcore_active", []))
+
+
+def site_layers(model: nn.Module, adapter_name: str) -> dict[str, nn.Module]:
+    """The layers of one named adapter, by the name of the place they adapt."""
+    out = {}
+    for name, site in adapter_sites(model).items():
+        if isinstance(site, AdapterSet):
+            if adapter_name in site.adapters:
+                out[name] = site.adapters[adapter_name]
+        elif getattr(site, "adapter_name", "default") == adapter_name:
+            out[name] = site
+    return out
+
+
+def _require_adapter(model: nn.Module, adapter_name: str):
+    if adapter_name not in getattr(model, "peftcore_adapters", {}):
+        raise ValueError(f"no adapter named {adapter_name!r}; the model has {adapter_names(model)}")
+    return model.peftcore_adapters[adapter_name]
+
+
+def _require_unmerged(model: nn.Module, what: str) -> None:
+    if any(layer.merged for layer in adapter_layers(model).values()):
+        raise RuntimeError(f"{what} needs the adapters unmerged: call peftcore.unmerge(model) first")
+
+
+def add_adapter(model: nn.Module, config, adapter_name: str) -> nn.Module:
+    """Adds a second (third, ...) named adapter, inactive, at the places `config`
+    selects, already-adapted ones included; `set_adapter` activates it."""
+    if not adapter_names(model):
+        raise ValueError("the model has no adapters yet: use peftcore.inject(model, config, adapter_name)")
+    if adapter_name in model.peftcore_adapters:
+        raise ValueError(f"the model already has an adapter named {adapter_name!r}")
+    _require_unmerged(model, "add_adapter")
+    existing = {n: m for n, m in adapter_sites(model).items() if _selects(n, config)}
+    fresh = target_names(model, config)
+    if not existing and not fresh:
+        raise _no_match(config)
+    made = []
+    for name in fresh:
+        made.append((name, config.make_layer(as_linear(model.get_submodule(name)))))
+    for name, site in existing.items():
+        made.append((name, config.make_layer(site.base_layer)))
+    for name, layer in made:  # built all first: a bad shape fails before the model changes
+        layer.adapter_name, layer.active = adapter_name, False
+        layer.requires_grad_(False)
+        site = existing.get(name)
+        if site is None:
+            _set_submodule(model, name, layer)
+        elif isinstance(site, AdapterSet):
+            site.adapters[adapter_name] = layer
+        else:
+            _set_submodule(model, name, AdapterSet(site.base_layer, {site.adapter_name: site, adapter_name: layer}))
+    model.peftcore_adapters[adapter_name] = config
+    return model
+
+
+def set_adapter(model: nn.Module, adapter_names_: str | list[str]) -> None:
+    """Makes these adapters (a name or a list) the active ones: they run and train;
+    every other adapter is skipped and frozen."""
+    names = [adapter_names_] if isinstance(adapter_names_, str) else list(adapter_names_)
+    for name in names:
+        _require_adapter(model, name)
+    _require_unmerged(model, "set_adapter")
+    for layer in adapter_layers(model).values():
+        layer.active = getattr(layer, "adapter_name", "default") in names
+        for pname, p in layer.named_parameters():
+            if not pname.startswith("base_layer."):
+                p.requires_grad_(layer.active)
+    for name in names:
+        _mark_modules_to_save(model, model.peftcore_adapters[name])
+    model.peftcore_active = names
+    model.peftcore_config = model.peftcore_adapters[names[0]] if names else model.peftcore_config
+
+
+def _base_of(site: nn.Module) -> nn.Module:
+    return getattr(site.base_layer, "peftcore_source", site.base_layer)
+
+
+def _forget_adapters(model: nn.Module) -> None:
+    for attr in ("peftcore_adapters", "peftcore_active", "peftcore_config"):
+        if hasattr(model, attr):
+            delattr(model, attr)
+
+
+def delete_adapter(model: nn.Module, adapter_name: str) -> None:
+    """Removes a named adapter everywhere (the base layers stay as they are)."""
+    _require_adapter(model, adapter_name)
+    if any(layer.merged for layer in site_layers(model, adapter_name).values()):
+        raise RuntimeError(f"adapter {adapter_name!r} is merged: call peftcore.unmerge(model) first")
+    for name, site in adapter_sites(model).items():
+        if isinstance(site, AdapterSet):
+            if adapter_name in site.adapters:
+                del site.adapters[adapter_name]
+            if len(site.adapters) == 1:
+                _set_submodule(model, name, next(iter(site.adapters.values())))
+        elif site.adapter_name == adapter_name:
+            _set_submodule(model, name, _base_of(site))
+    del model.peftcore_adapters[adapter_name]
+    model.peftcore_active = [n for n in model.peftcore_active if n != adapter_name]
+    if not model.peftcore_adapters:
+        _forget_adapters(model)
+    else:
+        model.peftcore_config = model.peftcore_adapters[(model.peftcore_active or adapter_names(model))[0]]
+
+
 def adapter_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Every peftcore adapter layer of the model, by module name."""
+    """Every peftcore adapter layer of the model (of every named adapter), by module name."""
     return {n: m for n, m in model.named_modules() if isinstance(m, ADAPTER_LAYERS)}
 
 
@@ -92,22 +232,25 @@ def print_trainable_parameters(model: nn.Module) -> None:
 
 
 def merge(model: nn.Module) -> None:
+    """Folds the active adapters into their base weights (in the order they were added)."""
     for layer in adapter_layers(model).values():
-        layer.merge()
+        if layer.active:
+            layer.merge()
 
 
 def unmerge(model: nn.Module) -> None:
-    for layer in adapter_layers(model).values():
+    """Undoes merge (in reverse order: Hydra's merge is not a plain addition)."""
+    for layer in reversed(list(adapter_layers(model).values())):
         layer.unmerge()
 
 
 def merge_and_unload(model: nn.Module) -> nn.Module:
-    """Folds every adapter into its base weight and puts the plain nn.Linear back."""
-    for name, layer in adapter_layers(model).items():
-        layer.merge()
-        _set_submodule(model, name, getattr(layer.base_layer, "peftcore_source", layer.base_layer))
-    if hasattr(model, "peftcore_config"):
-        del model.peftcore_config
+    """Folds the active adapters into their base weights and puts the plain nn.Linear
+    back everywhere (inactive adapters are dropped)."""
+    merge(model)
+    for name, site in adapter_sites(model).items():
+        _set_submodule(model, name, _base_of(site))
+    _forget_adapters(model)
     return model
 
 
@@ -115,24 +258,24 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
 def disable_adapters(model: nn.Module):
     """``with peftcore.disable_adapters(model): ...`` runs the base model alone (adapters
     stay in place, merged ones are unmerged for the duration and merged back after)."""
-    layers = list(adapter_layers(model).values())
-    merged = [layer for layer in layers if layer.merged]
-    for layer in merged:
+    sites = list(adapter_sites(model).values())
+    merged = [layer for layer in adapter_layers(model).values() if layer.merged]
+    for layer in reversed(merged):
         layer.unmerge()
-    for layer in layers:
-        layer.forward = layer.base_layer.forward  # instance attribute shadows the method
+    for site in sites:
+        site.forward = site.base_layer.forward  # instance attribute shadows the method
     try:
         yield model
     finally:
-        for layer in layers:
-            del layer.forward
+        for site in sites:
+            del site.forward
         for layer in merged:
             layer.merge()
 
 
 def remove_adapters(model: nn.Module, names) -> None:
-    """Puts the base layers back at `names` without merging (used to undo a failed load)."""
+    """Puts the base layers back at these places without merging (undoes a failed load)."""
     for name in names:
-        layer = model.get_submodule(name)
-        if isinstance(layer, ADAPTER_LAYERS):
-            _set_submodule(model, name, getattr(layer.base_layer, "peftcore_source", layer.base_layer))
+        site = model.get_submodule(name)
+        if isinstance(site, SITES):
+            _set_submodule(model, name, _base_of(site))

@@ -15,7 +15,17 @@ import torch
 from torch import Tensor, nn
 
 from .config import BoneConfig, LoraConfig, config_from_dict, matches
-from .inject import adapter_layers, as_linear, inject, is_conv1d, remove_adapters, target_names
+from .inject import (
+    active_adapters,
+    adapter_names,
+    adapter_sites,
+    as_linear,
+    delete_adapter,
+    inject,
+    is_conv1d,
+    site_layers,
+    target_names,
+)
 
 PathLike = Union[str, os.PathLike]
 CONFIG = "peftcore_config.json"
@@ -47,9 +57,9 @@ def _layer_params(layer: nn.Module) -> dict[str, Tensor]:
     return {n: p for n, p in layer.named_parameters() if not n.startswith("base_layer.")}
 
 
-def _adapter_tensors(model: nn.Module, prefix: str = "") -> dict[str, Tensor]:
+def _adapter_tensors(model: nn.Module, adapter_name: str, prefix: str = "") -> dict[str, Tensor]:
     out = {}
-    for name, layer in adapter_layers(model).items():
+    for name, layer in site_layers(model, adapter_name).items():
         for pname, p in _layer_params(layer).items():
             out[f"{prefix}{name}.{pname}"] = p.detach().cpu().contiguous()
     return out
@@ -83,28 +93,34 @@ def _read_json(path: Path) -> dict:
         raise ValueError(f"{path}: not a readable JSON config ({exc})") from exc
 
 
-def _require_injected(model: nn.Module):
-    config = getattr(model, "peftcore_config", None)
-    if config is None or not adapter_layers(model):
+def _chosen_adapter(model: nn.Module, adapter_name: str | None) -> tuple[str, object]:
+    """(name, config) of the adapter to write: `adapter_name`, else the first active one."""
+    names = adapter_names(model)
+    if not names:
         raise ValueError("the model has no peftcore adapters (call peftcore.inject first)")
-    return config
+    name = adapter_name or (active_adapters(model) or names)[0]
+    if name not in names:
+        raise ValueError(f"no adapter named {name!r}; the model has {names}")
+    return name, model.peftcore_adapters[name]
 
 
 # ----------------------------------------------------------------------------- own format
 
 
-def save_adapter(model: nn.Module, directory: PathLike) -> None:
+def save_adapter(model: nn.Module, directory: PathLike, adapter_name: str | None = None) -> None:
     """Writes the adapters and the modules trained in full (`modules_to_save`, e.g. a
-    classification head) as safetensors, and their config as JSON, to `directory`."""
+    classification head) as safetensors, and their config as JSON, to `directory`:
+    the adapter named `adapter_name`, by default the first active one."""
     from safetensors.torch import save_file
 
-    config = _require_injected(model)
+    name, config = _chosen_adapter(model, adapter_name)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = _adapter_tensors(model)
+    tensors = _adapter_tensors(model, name)
     tensors.update({SAVED + k: t for k, t in _saved_module_tensors(model, config).items()})
     _atomic_write(directory / WEIGHTS, lambda tmp: save_file(tensors, tmp))
-    _write_json(directory / CONFIG, {"config": config.to_dict(), "layers": sorted(adapter_layers(model))})
+    _write_json(directory / CONFIG, {"config": config.to_dict(), "adapter_name": name,
+                                     "layers": sorted(site_layers(model, name))})
 
 
 def _base_linear(model: nn.Module, name: str) -> nn.Linear:
@@ -130,20 +146,30 @@ def _check_tensors(tensors: dict[str, Tensor], model: nn.Module, names: list[str
 
 
 def _install(model: nn.Module, config, names: list[str], tensors: dict[str, Tensor],
-             key: Callable[[str, str], str], saved: dict[str, Tensor] | None = None) -> nn.Module:
-    """Injects (where needed) and copies the weights, then the fully trained modules'
-    (`saved`, by parameter name); undoes everything if it fails."""
+             key: Callable[[str, str], str], adapter_name: str,
+             saved: dict[str, Tensor] | None = None) -> nn.Module:
+    """Puts adapter `adapter_name` at `names` (injecting it, adding it beside the
+    model's other adapters, or overwriting its weights) and copies the weights, then
+    the fully trained modules' (`saved`, by parameter name); undoes everything if it
+    fails."""
     saved = saved or {}
     named = dict(model.named_parameters())
     backup = {n: named[n].detach().clone() for n in saved}
     grad_state = {n: p.requires_grad for n, p in named.items()}
-    had_config = hasattr(model, "peftcore_config")
-    fresh = [n for n in names if n not in adapter_layers(model)]
+    registered = adapter_names(model)
+    created = adapter_name not in registered
+    if not created:
+        missing = sorted(set(names) - set(site_layers(model, adapter_name)))
+        if missing:
+            raise ValueError(f"adapter {adapter_name!r} of the model has no layer at {missing[:4]}")
+    exact = dataclasses.replace(config, target_modules=list(names), exclude_modules=None)
     try:
-        if fresh:
-            inject(model, dataclasses.replace(config, target_modules=fresh, exclude_modules=None))
-            model.peftcore_config = config
-        layers = adapter_layers(model)
+        if created:
+            inject(model, exact, adapter_name)
+            model.peftcore_adapters[adapter_name] = config
+            if not registered:
+                model.peftcore_config = config
+        layers = site_layers(model, adapter_name)
         with torch.no_grad():
             for n in names:
                 for pname, p in _layer_params(layers[n]).items():
@@ -154,32 +180,35 @@ def _install(model: nn.Module, config, names: list[str], tensors: dict[str, Tens
         with torch.no_grad():
             for n, t in backup.items():
                 named[n].copy_(t)
-        remove_adapters(model, fresh)
+        if created and adapter_name in adapter_names(model):
+            delete_adapter(model, adapter_name)
         for n, p in model.named_parameters():
             if n in grad_state:
                 p.requires_grad_(grad_state[n])
-        if not had_config and hasattr(model, "peftcore_config"):
-            del model.peftcore_config
         raise
     return model
 
 
-def load_adapter(model: nn.Module, directory: PathLike) -> nn.Module:
-    """Loads what `save_adapter` wrote, injecting adapters where the model has none."""
+def load_adapter(model: nn.Module, directory: PathLike, adapter_name: str | None = None) -> nn.Module:
+    """Loads what `save_adapter` wrote as adapter `adapter_name` (default: the name it
+    was saved under): injected on a model without adapters, added beside the other
+    adapters (inactive; `set_adapter` activates it), or overwriting that adapter."""
     directory = Path(directory)
     meta = _read_json(directory / CONFIG)
     try:
         config, names = config_from_dict(meta["config"]), list(meta["layers"])
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{directory / CONFIG}: malformed ({exc})") from exc
+    adapter_name = adapter_name or meta.get("adapter_name", "default")
     tensors = _read_safetensors(directory / WEIGHTS)
-    existing = adapter_layers(model)
+    sites = adapter_sites(model)
+    existing = site_layers(model, adapter_name)
     for n in names:
         try:
             module = model.get_submodule(n)
         except AttributeError as exc:
             raise ValueError(f"{directory}: the model has no module {n!r}") from exc
-        if n not in existing and not (isinstance(module, nn.Linear) or is_conv1d(module)):
+        if n not in sites and not (isinstance(module, nn.Linear) or is_conv1d(module)):
             raise ValueError(f"{directory}: module {n!r} is a {type(module).__name__}, not nn.Linear")
         if n in existing:
             have = {p: tuple(t.shape) for p, t in _layer_params(existing[n]).items()}
@@ -196,7 +225,7 @@ def load_adapter(model: nn.Module, directory: PathLike) -> nn.Module:
                              f"match the model ({have})")
     key = lambda n, pname: f"{n}.{pname}"  # noqa: E731
     _check_tensors(tensors, model, names, config, directory / WEIGHTS, key)
-    return _install(model, config, names, tensors, key, saved)
+    return _install(model, config, names, tensors, key, adapter_name, saved)
 
 
 # ----------------------------------------------------------------------------- HF PEFT
@@ -219,17 +248,18 @@ def _peft_config(config, names: list[str]) -> dict:
                      f"(HF PEFT has no Hydra)")
 
 
-def to_peft(model: nn.Module, directory: PathLike) -> None:
+def to_peft(model: nn.Module, directory: PathLike, adapter_name: str | None = None) -> None:
     """Writes an HF PEFT adapter directory (LoRA or MiSS) that
-    `peft.PeftModel.from_pretrained` loads onto the same base model, with the same outputs."""
+    `peft.PeftModel.from_pretrained` loads onto the same base model, with the same
+    outputs: the adapter named `adapter_name`, by default the first active one."""
     from safetensors.torch import save_file
 
-    config = _require_injected(model)
-    names = sorted(adapter_layers(model))
+    name, config = _chosen_adapter(model, adapter_name)
+    names = sorted(site_layers(model, name))
     peft_config = _peft_config(config, names)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = _adapter_tensors(model, prefix=PEFT_PREFIX)
+    tensors = _adapter_tensors(model, name, prefix=PEFT_PREFIX)
     _atomic_write(directory / PEFT_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     _write_json(directory / PEFT_CONFIG, peft_config)
 
@@ -254,8 +284,9 @@ def _config_from_peft(cfg: dict, directory: Path):
     raise ValueError(f"{directory}: peft_type {kind!r} is not supported (this build reads LORA and MISS)")
 
 
-def from_peft(model: nn.Module, directory: PathLike) -> nn.Module:
-    """Loads an HF PEFT LoRA or MiSS adapter directory into peftcore layers on `model`."""
+def from_peft(model: nn.Module, directory: PathLike, adapter_name: str = "default") -> nn.Module:
+    """Loads an HF PEFT LoRA or MiSS adapter directory into peftcore layers on `model`
+    as adapter `adapter_name` (beside the model's other adapters, if it has some)."""
     directory = Path(directory)
     config = _config_from_peft(_read_json(directory / PEFT_CONFIG), directory)
     weights = directory / PEFT_WEIGHTS
@@ -266,9 +297,11 @@ def from_peft(model: nn.Module, directory: PathLike) -> nn.Module:
             tensors = torch.load(directory / "adapter_model.bin", map_location="cpu", weights_only=True)
         except Exception as exc:
             raise ValueError(f"{directory}: no readable adapter_model.safetensors or .bin ({exc})") from exc
-    names = sorted(target_names(model, config))
+    names = sorted(set(target_names(model, config)) | {
+        n for n, site in adapter_sites(model).items() if matches(n, config.target_modules)
+        and not matches(n, config.exclude_modules)})
     if not names:
         raise ValueError(f"{directory}: target_modules={config.target_modules!r} match no nn.Linear of the model")
     key = lambda n, pname: f"{PEFT_PREFIX}{n}.{pname}"  # noqa: E731
     _check_tensors(tensors, model, names, config, weights, key)
-    return _install(model, config, names, tensors, key)
+    return _install(model, config, names, tensors, key, adapter_name)
