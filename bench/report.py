@@ -41,8 +41,9 @@ def family_table(path: Path) -> str:
 
 
 def plot_family(path: Path):
-    """A bar chart per family: each candidate's time relative to the first baseline of
-    its case (lower is faster), one group of bars per case. Written next to the JSON."""
+    """One figure per family: each candidate's time relative to the first baseline of
+    its case (lower is faster) and, where the rows have one, its share of the limit
+    measured in the same run (the roofline view). Written next to the JSON."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -66,17 +67,32 @@ def plot_family(path: Path):
         if r["candidate"] not in candidates:
             candidates.append(r["candidate"])
     times = {(case_of(r), r["candidate"]): r["median_ms"] for r in rows}
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(cases)), 4))
+    pct_col = next((c for c in rows[0] if c.startswith("pct_")), None)
+    panels = 2 if pct_col else 1
+    fig, axes = plt.subplots(1, panels, figsize=(panels * max(6, 1.6 * len(cases)), 4.2), squeeze=False)
     width = 0.8 / len(candidates)
-    for i, cand in enumerate(candidates):
-        ys = [times.get((c, cand), float("nan")) / times[(c, candidates[0])] for c in cases]
-        ax.bar([x + i * width for x in range(len(cases))], ys, width, label=cand)
-    ax.set_xticks([x + width * (len(candidates) - 1) / 2 for x in range(len(cases))])
-    ax.set_xticklabels(cases, rotation=15, ha="right", fontsize=8)
+    xs = range(len(cases))
+
+    def bars(ax, value_of, ylabel):
+        for i, cand in enumerate(candidates):
+            ax.bar([x + i * width for x in xs], [value_of(c, cand) for c in cases], width, label=cand)
+        ax.set_xticks([x + width * (len(candidates) - 1) / 2 for x in xs])
+        ax.set_xticklabels(cases, rotation=15, ha="right", fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+
+    ax = axes[0][0]
+    bars(ax, lambda c, cand: times.get((c, cand), float("nan")) / times[(c, candidates[0])],
+         f"median time / {candidates[0]} (lower is faster)")
     ax.axhline(1.0, color="gray", linewidth=0.8)
-    ax.set_ylabel(f"median time / {candidates[0]} (lower is faster)")
-    ax.set_title(f"{meta['family']} on {meta['machine']} ({meta['date']})")
-    ax.legend(fontsize=8)
+    ax.set_title(f"{meta['family']} on {meta['machine']} ({meta['date']}): speed")
+    if pct_col:  # the roofline view: how close each candidate gets to the measured limit
+        pct = {(case_of(r), r["candidate"]): r[pct_col] for r in rows}
+        limit = "bandwidth (large copy)" if "bandwidth" in pct_col else "matmul rate (large GEMM)"
+        ax = axes[0][1]
+        bars(ax, lambda c, cand: pct.get((c, cand), float("nan")), f"% of the measured {limit}")
+        ax.axhline(100.0, color="gray", linewidth=0.8)
+        ax.set_title("share of the machine's limit (higher is better)")
     fig.tight_layout()
     out = path.with_suffix(".png")
     fig.savefig(out, dpi=110)

@@ -1,4 +1,6 @@
 import subprocess
+
+import pytest
 import sys
 
 import torch
@@ -37,3 +39,14 @@ def test_import_refuses_a_different_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert "ERR peftcore was built against torch" in out.stdout, out.stdout + out.stderr
     assert "Rebuild" in out.stdout
+
+
+def test_bench_cli_parses_op_names_and_refuses_unknown_ones(capsys):
+    from peftcore.bench.run import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "lamb" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--ops", "lora,nope", "--quick"])
+    assert "unknown family 'nope'" in capsys.readouterr().err

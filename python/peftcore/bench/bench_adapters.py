@@ -12,8 +12,8 @@ from torch import nn
 
 import peftcore
 
-from bench_lora import rotating_fwd_bwd, saved_activation_bytes
-from common import Limits, time_alternating
+from .bench_lora import rotating_fwd_bwd, saved_activation_bytes
+from .common import Limits, time_alternating
 
 QUICK_SHAPES = [(4096, 1024, 1024, 64)]
 FULL_SHAPES = [(n, d, d, 64) for d in (4096,) for n in (2048, 8192)]

@@ -19,7 +19,9 @@ from typing import Callable
 
 import torch
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# Where results go unless --out says otherwise: ./peftcore-bench-results/<machine>/ (the
+# repository's bench/run.py points this at bench/results/, which bench/report.py reads).
+RESULTS_DIR = Path("peftcore-bench-results")
 
 
 def sync(device: torch.device) -> None:

@@ -16,7 +16,7 @@ from torch import nn
 import peftcore
 from peftcore._peers import EagerLora, peft_lora_linear
 
-from common import Limits, time_alternating
+from .common import Limits, time_alternating
 
 # (tokens N, in, out, r)
 QUICK_SHAPES = [(4096, 1024, 1024, 16), (1024, 1024, 1024, 16)]

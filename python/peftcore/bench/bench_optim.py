@@ -14,7 +14,7 @@ from torch import nn
 
 from peftcore.optim import Lamb, Lars
 
-from common import Limits, time_alternating
+from .common import Limits, time_alternating
 
 
 def lora_set(device, dtype):

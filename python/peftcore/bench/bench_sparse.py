@@ -14,7 +14,7 @@ from torch import nn
 
 from peftcore.sparse import SparseDelta, apply, revert
 
-from common import Limits, time_alternating
+from .common import Limits, time_alternating
 
 
 def make_model(quick: bool, device) -> nn.Module:
