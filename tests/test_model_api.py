@@ -361,3 +361,28 @@ def test_polarity_loader_refuses_malformed_files(tmp_path):
         load_polarity(bad)
     with pytest.raises(FileNotFoundError, match="fetch-data"):
         load_polarity(tmp_path / "missing.csv")
+
+
+@pytest.mark.parametrize("variant", ["bone", "bat"])
+def test_from_peft_reads_the_older_bone_format(tmp_path, variant):
+    """PEFT <= 0.16 called MiSS "Bone" (peft_type BONE, `bone_block` keys, init_weights
+    True or "bat"); such a directory loads to the same adapter as its MiSS twin."""
+    from safetensors.torch import load_file, save_file
+
+    base = tiny_llama()
+    model = peftcore.inject(copy.deepcopy(base), peftcore.BoneConfig(r=8, variant=variant,
+                                                                     target_modules=["q_proj", "v_proj"]))
+    randomize_b(model)
+    peftcore.to_peft(model, tmp_path / "miss")
+    cfg = json.loads((tmp_path / "miss" / "adapter_config.json").read_text())
+    old = {k: v for k, v in cfg.items() if k not in ("mini_r", "miss_dropout")}
+    old.update(peft_type="BONE", init_weights="bat" if variant == "bat" else True)
+    (tmp_path / "bone").mkdir()
+    (tmp_path / "bone" / "adapter_config.json").write_text(json.dumps(old))
+    tensors = load_file(str(tmp_path / "miss" / "adapter_model.safetensors"))
+    save_file({k.replace("miss_block", "bone_block"): v for k, v in tensors.items()},
+              str(tmp_path / "bone" / "adapter_model.safetensors"))
+    loaded = peftcore.from_peft(copy.deepcopy(base), tmp_path / "bone")
+    ids = torch.randint(0, 128, (1, 6))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)

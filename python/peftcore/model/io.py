@@ -275,20 +275,26 @@ def _config_from_peft(cfg: dict, directory: Path):
         return LoraConfig(r=int(cfg["r"]), alpha=float(cfg.get("lora_alpha", cfg["r"])),
                           dropout=float(cfg.get("lora_dropout", 0.0)), target_modules=cfg.get("target_modules"),
                           exclude_modules=cfg.get("exclude_modules"), use_rslora=bool(cfg.get("use_rslora", False)))
+    if kind == "BONE":  # PEFT <= 0.16: MiSS's earlier name; no mini form and no dropout then
+        return BoneConfig(r=int(cfg["r"]), variant="bat" if cfg.get("init_weights", True) == "bat" else "bone",
+                          target_modules=cfg.get("target_modules"), exclude_modules=cfg.get("exclude_modules"))
     if kind == "MISS":
         init = cfg.get("init_weights", True)
         variant = init if init in ("mini", "bat") else "bone"  # True / False: the bone form
         return BoneConfig(r=int(cfg["r"]), variant=variant, mini_r=int(cfg.get("mini_r", 1)),
                           dropout=float(cfg.get("miss_dropout", 0.0)), target_modules=cfg.get("target_modules"),
                           exclude_modules=cfg.get("exclude_modules"))
-    raise ValueError(f"{directory}: peft_type {kind!r} is not supported (this build reads LORA and MISS)")
+    raise ValueError(f"{directory}: peft_type {kind!r} is not supported (this build reads LORA, MISS and BONE)")
 
 
 def from_peft(model: nn.Module, directory: PathLike, adapter_name: str = "default") -> nn.Module:
-    """Loads an HF PEFT LoRA or MiSS adapter directory into peftcore layers on `model`
-    as adapter `adapter_name` (beside the model's other adapters, if it has some)."""
+    """Loads an HF PEFT LoRA or MiSS adapter directory (or a Bone one, MiSS's name before
+    PEFT 0.17: `bone_block` keys) into peftcore layers on `model` as adapter
+    `adapter_name` (beside the model's other adapters, if it has some)."""
     directory = Path(directory)
-    config = _config_from_peft(_read_json(directory / PEFT_CONFIG), directory)
+    peft_cfg = _read_json(directory / PEFT_CONFIG)
+    peft_type = peft_cfg.get("peft_type")
+    config = _config_from_peft(peft_cfg, directory)
     weights = directory / PEFT_WEIGHTS
     if weights.exists():
         tensors = _read_safetensors(weights)
@@ -297,6 +303,9 @@ def from_peft(model: nn.Module, directory: PathLike, adapter_name: str = "defaul
             tensors = torch.load(directory / "adapter_model.bin", map_location="cpu", weights_only=True)
         except Exception as exc:
             raise ValueError(f"{directory}: no readable adapter_model.safetensors or .bin ({exc})") from exc
+    if peft_type == "BONE":  # same tensor, older key
+        tensors = {k[: -len("bone_block")] + "miss_block" if k.endswith(".bone_block") else k: t
+                   for k, t in tensors.items()}
     names = sorted(set(target_names(model, config)) | {
         n for n, site in adapter_sites(model).items() if matches(n, config.target_modules)
         and not matches(n, config.exclude_modules)})
