@@ -13,7 +13,7 @@ from torch import nn
 import peftcore
 
 from .bench_lora import rotating_fwd_bwd, saved_activation_bytes
-from .common import Limits, time_alternating
+from .common import Limits, time_alternating, timing_row
 
 QUICK_SHAPES = [(4096, 1024, 1024, 64)]
 FULL_SHAPES = [(n, d, d, 64) for d in (4096,) for n in (2048, 8192)]
@@ -55,16 +55,10 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, limits: Limits, p
         t = time_alternating({k: step(m) for k, m in mods.items()}, device, reps=reps, rounds=rounds)
         for name, timing in t.items():
             peer = name.replace("peftcore", "hf peft") if name.startswith("peftcore") else None
-            rows.append({
-                "op": "adapter fwd+bwd",
-                "shape": f"N={n} {i}x{o} r={r}",
-                "dtype": str(dtype).replace("torch.", ""),
-                "device": device.type,
-                "candidate": name,
-                "median_ms": timing.median_s * 1e3,
-                "iqr_ms": (timing.q3_s - timing.q1_s) * 1e3,
-                "vs_frozen_base": timing.median_s / t["frozen base"].median_s,
-                "peft_over_this": t[peer].median_s / timing.median_s if peer in t else float("nan"),
-                "saved_MiB": saved_activation_bytes(mods[name], xs[0]) / 2**20,
-            })
+            case = {"op": "adapter fwd+bwd", "shape": f"N={n} {i}x{o} r={r}",
+                    "dtype": str(dtype).replace("torch.", "")}
+            rows.append(timing_row(case, device, name, timing,
+                                   vs_frozen_base=timing.median_s / t["frozen base"].median_s,
+                                   peft_over_this=t[peer].median_s / timing.median_s if peer in t else float("nan"),
+                                   saved_MiB=saved_activation_bytes(mods[name], xs[0]) / 2**20))
     return rows

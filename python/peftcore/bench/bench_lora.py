@@ -16,7 +16,7 @@ from torch import nn
 import peftcore
 from peftcore._peers import EagerLora, peft_lora_linear
 
-from .common import Limits, time_alternating
+from .common import Limits, time_alternating, timing_row
 
 # (tokens N, in, out, r)
 QUICK_SHAPES = [(4096, 1024, 1024, 16), (1024, 1024, 1024, 16)]
@@ -99,19 +99,11 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, limits: Limits, p
             for name, t in timings.items():
                 f = flops if name != "frozen base" else 4 * n * i * o
                 tflops = f / t.median_s / 1e12
-                rows.append({
-                    "op": "lora_linear fwd+bwd",
-                    "shape": f"N={n} {i}x{o} r={r}",
-                    "dropout": dropout,
-                    "dtype": str(dtype).replace("torch.", ""),
-                    "device": device.type,
-                    "candidate": name,
-                    "median_ms": t.median_s * 1e3,
-                    "iqr_ms": (t.q3_s - t.q1_s) * 1e3,
-                    "vs_frozen_base": t.median_s / timings["frozen base"].median_s,
-                    "hf_peft_over_this": timings["hf peft"].median_s / t.median_s,
-                    "tflops": tflops,
-                    "pct_matmul_peak": 100 * tflops / peak,
-                    "saved_MiB": saved_activation_bytes(modules[name], xs[0]) / 2**20,
-                })
+                case = {"op": "lora_linear fwd+bwd", "shape": f"N={n} {i}x{o} r={r}", "dropout": dropout,
+                        "dtype": str(dtype).replace("torch.", "")}
+                rows.append(timing_row(case, device, name, t,
+                                       vs_frozen_base=t.median_s / timings["frozen base"].median_s,
+                                       hf_peft_over_this=timings["hf peft"].median_s / t.median_s,
+                                       tflops=tflops, pct_matmul_peak=100 * tflops / peak,
+                                       saved_MiB=saved_activation_bytes(modules[name], xs[0]) / 2**20))
     return rows

@@ -20,7 +20,7 @@ from torch import nn
 
 from peftcore.sparse import MaskedTraining, SparseDelta
 
-from .common import Limits, time_alternating
+from .common import Limits, time_alternating, timing_row
 
 
 def _mlp(width: int, depth: int, device) -> nn.Sequential:
@@ -81,14 +81,8 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, limits: Limits, p
               "gradient mask": _state_bytes(grad_opt) + grad_extra}
     rows = []
     for name, timing in t.items():
-        rows.append({
-            "op": "masked training step",
-            "set": f"MLP {depth}x{width}^2, batch {batch}, 1% mask",
-            "device": device.type,
-            "candidate": name,
-            "median_ms": timing.median_s * 1e3,
-            "iqr_ms": (timing.q3_s - timing.q1_s) * 1e3,
-            "gradmask_over_this": t["gradient mask"].median_s / timing.median_s,
-            "train_state_MiB": states[name] / 2**20,
-        })
+        case = {"op": "masked training step", "set": f"MLP {depth}x{width}^2, batch {batch}, 1% mask"}
+        rows.append(timing_row(case, device, name, timing,
+                               gradmask_over_this=t["gradient mask"].median_s / timing.median_s,
+                               train_state_MiB=states[name] / 2**20))
     return rows

@@ -14,7 +14,7 @@ from torch import nn
 
 from peftcore.optim import Lamb, Lars
 
-from .common import Limits, time_alternating
+from .common import Limits, time_alternating, timing_row
 
 
 def lora_set(device, dtype):
@@ -70,17 +70,8 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, limits: Limits, p
             del opts
             for name, t in timings.items():
                 gbs = bytes_per_param * n_params / t.median_s / 1e9
-                rows.append({
-                    "op": f"{kind} step",
-                    "set": set_name,
-                    "tensors": len(shapes),
-                    "params_M": n_params / 1e6,
-                    "device": device.type,
-                    "candidate": name,
-                    "median_ms": t.median_s * 1e3,
-                    "iqr_ms": (t.q3_s - t.q1_s) * 1e3,
-                    "timm_over_this": timings["timm"].median_s / t.median_s,
-                    "GBps_min_traffic": gbs,
-                    "pct_bandwidth": 100 * gbs / limits.bandwidth_gbs,
-                })
+                case = {"op": f"{kind} step", "set": set_name, "tensors": len(shapes), "params_M": n_params / 1e6}
+                rows.append(timing_row(case, device, name, t,
+                                       timm_over_this=timings["timm"].median_s / t.median_s,
+                                       GBps_min_traffic=gbs, pct_bandwidth=100 * gbs / limits.bandwidth_gbs))
     return rows

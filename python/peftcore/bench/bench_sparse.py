@@ -14,7 +14,7 @@ from torch import nn
 
 from peftcore.sparse import SparseDelta, apply, revert
 
-from .common import Limits, time_alternating
+from .common import Limits, time_alternating, timing_row
 
 
 def make_model(quick: bool, device) -> nn.Module:
@@ -54,15 +54,8 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, limits: Limits, p
     rows = []
     for name, timing in t.items():
         gbs = bytes_moved / timing.median_s / 1e9
-        rows.append({
-            "op": "sparse apply+revert",
-            "set": f"{n_params / 1e6:.0f}M params, 2 x 1% deltas",
-            "device": device.type,
-            "candidate": name,
-            "median_ms": timing.median_s * 1e3,
-            "iqr_ms": (timing.q3_s - timing.q1_s) * 1e3,
-            "loop_over_this": t["index_add_ loop"].median_s / timing.median_s,
-            "GBps": gbs,
-            "pct_bandwidth": 100 * gbs / limits.bandwidth_gbs,
-        })
+        case = {"op": "sparse apply+revert", "set": f"{n_params / 1e6:.0f}M params, 2 x 1% deltas"}
+        rows.append(timing_row(case, device, name, timing,
+                               loop_over_this=t["index_add_ loop"].median_s / timing.median_s,
+                               GBps=gbs, pct_bandwidth=100 * gbs / limits.bandwidth_gbs))
     return rows

@@ -74,6 +74,13 @@ def time_alternating(
     return out
 
 
+def timing_row(case: dict, device: torch.device, candidate: str, timing: Timing, **measures) -> dict:
+    """One result row: the case's columns, the candidate with its median and spread,
+    then the family's own measures (ratios, rates, memory)."""
+    return {**case, "device": device.type, "candidate": candidate, "median_ms": timing.median_s * 1e3,
+            "iqr_ms": (timing.q3_s - timing.q1_s) * 1e3, **measures}
+
+
 @dataclass
 class Limits:
     bandwidth_gbs: float  # measured large copy, read + write bytes
