@@ -77,4 +77,15 @@ TORCH_LIBRARY(peftcore, m) {
       "bone_bat_linear_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor block, "
       "bool[4] output_mask) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias, Tensor grad_block)");
   m.def("bone_bat_weight(Tensor weight, Tensor block) -> Tensor");
+
+  // MiSS bone / mini without dropout: y = x W^T + bias + blocksum_r(x) up^T, where
+  // blocksum_r adds the r-wide column blocks of x (the last one zero-padded) and up
+  // [out, r] is the (tiled) block transposed. A reduction, not a GEMM with a 0/1
+  // matrix; backward adds (G up) to every block of dx.
+  // Returns the N x r block sum too: backward reads it (not x) for grad_up.
+  m.def("bone_linear(Tensor x, Tensor weight, Tensor? bias, Tensor up, int r) -> (Tensor out, Tensor hidden)");
+  // output_mask selects (x, weight, bias, up); x is read only for grad_weight.
+  m.def(
+      "bone_linear_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor up, Tensor hidden, int r, "
+      "bool[4] output_mask) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias, Tensor grad_up)");
 }

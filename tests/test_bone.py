@@ -7,7 +7,9 @@ import torch
 from torch import nn
 
 import peftcore
-from helpers import assert_rel_close, assert_same_forward_backward
+from helpers import assert_as_accurate_as_torch, assert_rel_close, assert_same_forward_backward
+
+from peftcore import reference
 
 peft = pytest.importorskip("peft")
 
@@ -117,3 +119,69 @@ def test_bone_saves_no_copy_of_x():
     assert stored <= 64 * 16 * 4 + 64, stored  # the N x r hidden (+ the zero-size stand-in)
     y.sum().backward()
     assert x.grad is not None and layer.miss_block.grad is not None
+
+
+# ----------------------------------------------------------------------------- bone_linear op
+bone_op = torch.ops.peftcore.bone_linear
+
+
+@pytest.mark.parametrize("lead,n_in,n_out,r", [((5,), 64, 48, 16), ((2, 3), 70, 33, 16), ((4,), 7, 5, 3),
+                                               ((1,), 9, 4, 9)])
+def test_bone_op_float64_gradcheck_opcheck(device, lead, n_in, n_out, r):
+    gen = torch.Generator().manual_seed(0)
+    mk = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64).to(device).requires_grad_(True)  # noqa: E731
+    x, w, b, up = mk(*lead, n_in), mk(n_out, n_in), mk(n_out), mk(n_out, r)
+    out, hidden = bone_op(x, w, b, up, r)
+    ref = reference.bone_linear(x, w, b, up, r)
+    assert (out - ref).abs().max() < 1e-12 and hidden.shape == (x.numel() // n_in, r)
+    for a, c in zip(torch.autograd.grad(out.sum(), [x, w, b, up]), torch.autograd.grad(ref.sum(), [x, w, b, up])):
+        assert (a - c).abs().max() < 1e-12
+    assert torch.autograd.gradcheck(lambda *a: bone_op(*a, r)[0], (x, w, b, up))
+    x_nc = mk(n_in, *lead).transpose(0, -1)  # non-contiguous input
+    torch.testing.assert_close(bone_op(x_nc, w, b, up, r)[0], reference.bone_linear(x_nc, w, b, up, r))
+    torch.library.opcheck(bone_op, (x.float().detach().requires_grad_(True), w.float().detach(), None,
+                                    up.float().detach().requires_grad_(True), r))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_bone_op_low_precision_as_accurate_as_torch(device, dtype):
+    gen = torch.Generator().manual_seed(1)
+    hi = [torch.randn(*s, generator=gen, dtype=torch.float64).to(device) for s in ((40, 96), (64, 96), (64,), (64, 16))]
+    low = [t.to(dtype).requires_grad_(True) for t in hi]
+    hi = [t.requires_grad_(True) for t in hi]
+    out = bone_op(*low[:3], low[3], 16)[0]
+    torch_low = reference.bone_linear(*low[:3], low[3], 16)
+    ref = reference.bone_linear(*hi[:3], hi[3], 16)
+    assert_as_accurate_as_torch(out, torch_low, ref, f"out {dtype}")
+    g = torch.randn(ref.shape, dtype=torch.float64, device=device)
+    for a, b, c in zip(torch.autograd.grad(out, low, g.to(dtype)), torch.autograd.grad(torch_low, low, g.to(dtype)),
+                       torch.autograd.grad(ref, hi, g)):
+        assert_as_accurate_as_torch(a, b, c, f"grad {dtype}")
+
+
+def test_bone_op_errors_name_the_argument():
+    x, w = torch.randn(2, 8), torch.randn(4, 8)
+    with pytest.raises(RuntimeError, match=r"bone_linear: up must be \[out_features, r\]"):
+        bone_op(x, w, None, torch.randn(4, 3), 2)
+    with pytest.raises(RuntimeError, match=r"bone_linear: r must be in \[1, in_features=8\]"):
+        bone_op(x, w, None, torch.randn(4, 9), 9)
+    with pytest.raises(RuntimeError, match=r"bone_linear: bias"):
+        bone_op(x, w, torch.randn(5), torch.randn(4, 2), 2)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: peftcore.HydraLinear(nn.Linear(64, 48), 4, 4),
+    lambda: peftcore.BoneLinear(nn.Linear(64, 48), r=16, variant="bat"),
+    lambda: peftcore.BoneLinear(nn.Linear(64, 48), r=16),
+    lambda: peftcore.LoraLinear(nn.Linear(64, 48), r=4),
+], ids=["hydra", "bat", "bone", "lora"])
+def test_every_adapter_runs_under_autocast_with_fp32_weights(make):
+    layer = make()
+    x = torch.randn(3, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+        ref = nn.functional.linear(x, layer.base_layer.weight, layer.base_layer.bias)  # fresh adapter: the base
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), ref.float(), rtol=2e-2, atol=2e-2)
+    y.float().sum().backward()
+    assert all(p.grad is not None for p in layer.parameters() if p.requires_grad)

@@ -59,6 +59,7 @@ at::Tensor bone_bat_weight(const at::Tensor& weight, const at::Tensor& block) {
 at::Tensor bone_bat_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                            const at::Tensor& block) {
   const BatDims d = check_bat("bone_bat_linear", x, weight, block);
+  check_linear_bias("bone_bat_linear", bias, d.out, x);
   const at::Tensor w = bat_weight_impl(weight, block);
   const at::Tensor x2 = x.reshape({d.rows, d.in});
   at::Tensor y = (bias.has_value() && bias->defined()) ? at::addmm(*bias, x2, w.t()) : at::mm(x2, w.t());

@@ -44,6 +44,14 @@ LinearDims check_linear_input(std::string_view op, const at::Tensor& x, const at
   return LinearDims{c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1), in, out};
 }
 
+void check_linear_bias(std::string_view op, const std::optional<at::Tensor>& bias, int64_t out,
+                       const at::Tensor& x) {
+  if (!bias.has_value() || !bias->defined()) return;
+  check_dim(op, "bias", *bias, 1);
+  check_shape(op, "bias", *bias, {out}, "[out_features]");
+  check_same_dtype_device(op, "bias", *bias, "x", x);
+}
+
 void check_dropout_p(std::string_view op, double p) {
   TORCH_CHECK(p >= 0.0 && p < 1.0, op, ": dropout_p must be in [0, 1), got ", p);
 }

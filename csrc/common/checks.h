@@ -31,6 +31,10 @@ struct LinearDims {
 };
 LinearDims check_linear_input(std::string_view op, const at::Tensor& x, const at::Tensor& weight);
 
+// An optional bias of a linear layer: absent, or [out] with x's dtype and device.
+void check_linear_bias(std::string_view op, const std::optional<at::Tensor>& bias, int64_t out,
+                       const at::Tensor& x);
+
 // A dropout probability in [0, 1).
 void check_dropout_p(std::string_view op, double p);
 

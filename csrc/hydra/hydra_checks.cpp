@@ -46,11 +46,7 @@ HydraDims check_hydra_forward(const at::Tensor& x, const at::Tensor& weight,
                               const std::optional<at::Tensor>& A_s, const std::optional<at::Tensor>& B_s,
                               double dropout_p, const std::optional<at::Tensor>& dropout_seed) {
   const HydraDims d = check_common("hydra_linear", x, weight, A_p, B_p, A_s, B_s, dropout_p, dropout_seed);
-  if (present(bias)) {
-    check_dim("hydra_linear", "bias", *bias, 1);
-    check_shape("hydra_linear", "bias", *bias, {d.out}, "[out_features]");
-    check_same_dtype_device("hydra_linear", "bias", *bias, "x", x);
-  }
+  check_linear_bias("hydra_linear", bias, d.out, x);
   return d;
 }
 

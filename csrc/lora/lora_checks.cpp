@@ -34,11 +34,7 @@ LoraDims check_lora_forward(const at::Tensor& x, const at::Tensor& weight,
                             const at::Tensor& lora_B, double dropout_p,
                             const std::optional<at::Tensor>& dropout_seed) {
   const LoraDims d = check_common(kFwd, x, weight, lora_A, lora_B, dropout_p, dropout_seed);
-  if (bias.has_value() && bias->defined()) {
-    check_dim(kFwd, "bias", *bias, 1);
-    check_shape(kFwd, "bias", *bias, {d.out}, "[out_features]");
-    check_same_dtype_device(kFwd, "bias", *bias, "x", x);
-  }
+  check_linear_bias(kFwd, bias, d.out, x);
   return d;
 }
 

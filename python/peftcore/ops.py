@@ -282,6 +282,53 @@ torch.library.register_autograd(
 )
 
 
+# ---------------------------------------------------------------------------- MiSS bone / mini
+
+
+@torch.library.register_fake("peftcore::bone_linear")
+def _bone_linear_fake(x, weight, bias, up, r):
+    return x.new_empty((*x.shape[:-1], weight.shape[0])), x.new_empty((math.prod(x.shape[:-1]), r))
+
+
+@torch.library.register_fake("peftcore::bone_linear_backward")
+def _bone_linear_backward_fake(grad_out, x, weight, up, hidden, r, output_mask):
+    shapes = (x.shape, weight.shape, (weight.shape[0],), up.shape)
+    return tuple(x.new_empty(s if m else (0,)) for s, m in zip(shapes, output_mask))
+
+
+def _bone_setup_context(ctx, inputs, output):
+    x, weight, bias, up, r = inputs
+    _, hidden = output
+    # The N x r block sum, not x: x is read only for dW (a zero-storage stand-in
+    # carries its shape otherwise).
+    kept_x = x if ctx.needs_input_grad[1] else x.new_zeros(()).expand(x.shape)
+    ctx.save_for_backward(kept_x, weight, up, hidden)
+    ctx.has_bias, ctx.r = bias is not None, r
+    ctx.mark_non_differentiable(hidden)
+
+
+def _bone_backward(ctx, grad_out, _grad_hidden):
+    x, weight, up, hidden = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    mask = [needs[0], needs[1], ctx.has_bias and needs[2], needs[3]]
+    grads = _ops.bone_linear_backward(grad_out, x, weight, up, hidden, ctx.r, mask)
+    return (*(g if m else None for g, m in zip(grads, mask)), None)
+
+
+torch.library.register_autograd("peftcore::bone_linear", _bone_backward, setup_context=_bone_setup_context)
+torch.library.register_autograd(
+    "peftcore::bone_linear_backward",
+    _no_double_backward("peftcore::bone_linear_backward"),
+    setup_context=lambda ctx, inputs, output: None,
+)
+
+
+def bone_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], up: Tensor, r: int) -> Tensor:
+    """MiSS bone/mini without dropout: ``x W^T + b + blocksum_r(x) up^T`` (up [out, r])."""
+    out, _ = _ops.bone_linear(x, weight, bias, up, int(r))
+    return out
+
+
 def bone_bat_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], block: Tensor) -> Tensor:
     """MiSS bat: ``x W'^T + b`` with ``W'_ij = W_ij (I + block_i) + block_i``."""
     return _ops.bone_bat_linear(x, weight, bias, block)

@@ -237,3 +237,11 @@ def bat_unmerge(merged: Tensor, block: Tensor) -> Tensor:
     inv = torch.linalg.inv(block + torch.eye(r, dtype=block.dtype, device=block.device))
     w = merged.reshape(out // r, r, n_in // r, r) - block[:, :, None, :]
     return torch.einsum("iajc,icd->iajd", w, inv).reshape(out, n_in)
+
+
+def bone_linear(x: Tensor, weight: Tensor, bias, up: Tensor, r: int) -> Tensor:
+    """MiSS bone/mini: ``x W^T + b + blocksum_r(pad(x)) up^T`` (up [out, r]), as HF
+    PEFT's MiSS forward pads x to a multiple of r and sums its r-wide chunks."""
+    pad = (-x.shape[-1]) % r
+    chunks = torch.nn.functional.pad(x, (0, pad)).reshape(*x.shape[:-1], -1, r).sum(-2)
+    return torch.nn.functional.linear(x, weight, bias) + chunks @ up.t()

@@ -34,7 +34,8 @@ class BoneLinear(nn.Module):
       forms the out x in weight gradient.
 
     ``bone`` and ``mini`` are LoRA with a fixed block-sum A and B = the (tiled)
-    block transposed, so they run on the fused LoRA op; their ``merge`` adds the
+    block transposed: without dropout they run on ``bone_linear`` (the block sum as
+    a reduction), with dropout on the fused LoRA op; their ``merge`` adds the
     tiled block to every r-column block of W (the last partial block takes its
     first in % r columns). ``bat``'s merge writes W' and its unmerge solves
     ``W_ij = (W'_ij - b_i)(I + b_i)^-1`` in float32 (float64 for float64 weights).
@@ -127,6 +128,8 @@ class BoneLinear(nn.Module):
         w = self.base_layer.weight
         if self.variant == "bat":
             return ops.bone_bat_linear(x, w, self.base_layer.bias, self.miss_block.to(w.dtype))
+        if self.dropout_p == 0.0 or not self.training:  # the block sum as a reduction, not a GEMM
+            return ops.bone_linear(x, w, self.base_layer.bias, self._up().to(w.dtype), self.r)
         return ops.lora_linear(x, w, self.base_layer.bias, self.block_sum.to(w.dtype), self._up().to(w.dtype),
                                1.0, self.dropout_p, self.training)
 

@@ -1,0 +1,89 @@
+// MiSS bone / mini on any device, over ATen: the block sum of x is a reduction
+// (x viewed as [N, in / r, r] summed over the blocks, plus the first in % r columns
+// of a last partial block), where the LoRA form would multiply by a 0/1 [r, in]
+// matrix, and backward adds T = G up to every block of dx instead of a second such
+// GEMM. The adapter's output accumulates into the base GEMM's buffer.
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include "common/checks.h"
+#include "lora/lora_checks.h"
+
+namespace peftcore {
+namespace {
+
+struct BoneDims {
+  int64_t rows, in, out, r;
+};
+
+BoneDims check_bone(const char* op, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& up,
+                    int64_t r) {
+  const auto [rows, in, out] = check_linear_input(op, x, weight);
+  TORCH_CHECK(r >= 1 && r <= in, op, ": r must be in [1, in_features=", in, "], got ", r);
+  check_dim(op, "up", up, 2);
+  check_shape(op, "up", up, {out, r}, "[out_features, r]");
+  check_same_dtype_device(op, "up", up, "x", x);
+  return BoneDims{rows, in, out, r};
+}
+
+// h[n, j] = sum over the blocks k of x[n, k r + j] (zero past in): [N, r].
+at::Tensor block_sum(const at::Tensor& x2, int64_t r) {
+  const int64_t n = x2.size(0), in = x2.size(1), full = in / r, rem = in % r;
+  at::Tensor h = full > 0 ? x2.narrow(1, 0, full * r).reshape({n, full, r}).sum(1)
+                          : at::zeros({n, r}, x2.options());
+  if (rem > 0) h.narrow(1, 0, rem).add_(x2.narrow(1, full * r, rem));
+  return h;
+}
+
+// dx[n, k r + j] += t[n, j] for every block k (dx contiguous [N, in]).
+void add_to_blocks_(at::Tensor& dx, const at::Tensor& t, int64_t r) {
+  const int64_t n = dx.size(0), in = dx.size(1), full = in / r, rem = in % r;
+  if (full > 0) dx.narrow(1, 0, full * r).view({n, full, r}).add_(t.unsqueeze(1));
+  if (rem > 0) dx.narrow(1, full * r, rem).add_(t.narrow(1, 0, rem));
+}
+
+std::tuple<at::Tensor, at::Tensor> bone_linear(const at::Tensor& x, const at::Tensor& weight,
+                                               const std::optional<at::Tensor>& bias, const at::Tensor& up,
+                                               int64_t r) {
+  const BoneDims d = check_bone("bone_linear", x, weight, up, r);
+  check_linear_bias("bone_linear", bias, d.out, x);
+  const at::Tensor x2 = x.reshape({d.rows, d.in});
+  at::Tensor y = (bias.has_value() && bias->defined()) ? at::addmm(*bias, x2, weight.t()) : at::mm(x2, weight.t());
+  at::Tensor hidden = block_sum(x2, r);
+  y.addmm_(hidden, up.t());
+  return {y.view(with_last_dim(x, d.out)), hidden};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bone_linear_backward(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& up,
+    const at::Tensor& hidden, int64_t r, std::array<bool, 4> output_mask) {
+  const BoneDims d = check_bone("bone_linear_backward", x, weight, up, r);
+  check_shape("bone_linear_backward", "grad_out", grad_out, with_last_dim(x, d.out), "[..., out_features]");
+  check_shape("bone_linear_backward", "hidden", hidden, {d.rows, r}, "[N, r]");
+  const at::Tensor g = grad_out.reshape({d.rows, d.out});
+  const at::Tensor x2 = x.reshape({d.rows, d.in});
+  const auto empty = [&] { return at::empty({0}, x.options()); };
+  at::Tensor grad_x = empty(), grad_w = empty(), grad_b = empty(), grad_up = empty();
+  if (output_mask[0]) {
+    grad_x = at::mm(g, weight);
+    add_to_blocks_(grad_x, at::mm(g, up), r);
+    grad_x = grad_x.view(x.sizes());
+  }
+  if (output_mask[1]) grad_w = at::mm(g.t(), x2);
+  if (output_mask[2]) grad_b = at::sum(g, {0});
+  if (output_mask[3]) grad_up = at::mm(g.t(), hidden);
+  return {grad_x, grad_w, grad_b, grad_up};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(peftcore, CompositeExplicitAutograd, m) {
+  m.impl("bone_linear", &bone_linear);
+  m.impl("bone_linear_backward", &bone_linear_backward);
+}
+
+}  // namespace peftcore
