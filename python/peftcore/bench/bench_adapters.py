@@ -53,6 +53,9 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, limits: Limits, p
         mods = build(nn.Linear(i, o, device=device, dtype=dtype), r)
         xs, step = rotating_fwd_bwd(n, i, o, device, dtype)
         t = time_alternating({k: step(m) for k, m in mods.items()}, device, reps=reps, rounds=rounds)
+        # The limit view: the frozen layer's own FLOPs (x W^T and G W) per second, as a
+        # share of the large-GEMM rate measured in this run: what the adapter leaves of it.
+        base_flops, peak = 4 * n * i * o, limits.matmul_tflops[str(dtype).replace("torch.", "")]
         for name, timing in t.items():
             peer = name.replace("peftcore", "hf peft") if name.startswith("peftcore") else None
             case = {"op": "adapter fwd+bwd", "shape": f"N={n} {i}x{o} r={r}",
@@ -60,5 +63,7 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, limits: Limits, p
             rows.append(timing_row(case, device, name, timing,
                                    vs_frozen_base=timing.median_s / t["frozen base"].median_s,
                                    peft_over_this=t[peer].median_s / timing.median_s if peer in t else float("nan"),
+                                   base_tflops=base_flops / timing.median_s / 1e12,
+                                   pct_matmul_peak=100 * base_flops / timing.median_s / 1e12 / peak,
                                    saved_MiB=saved_activation_bytes(mods[name], xs[0]) / 2**20))
     return rows

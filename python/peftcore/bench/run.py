@@ -1,8 +1,8 @@
 """Benchmark runner: `peftcore-bench [--quick] [--ops lora,hydra,...] [--device cpu|cuda]`
 (also `python -m peftcore.bench`, or `python bench/run.py` in the repository).
 
-Measures the machine's limits once, runs each family, writes JSON/CSV/Markdown
-under <results>/<machine>/ and prints the tables.
+Measures the machine's limits once, runs each family, writes JSON/CSV/Markdown and
+a PNG under <results>/<machine>/ and prints the tables.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 
 from . import common
 from .common import machine_name, measure_limits, write_results
+from .plots import plot_family
 
 FAMILIES = {"lora": "bench_lora", "adapters": "bench_adapters", "optim": "bench_optim", "sparse": "bench_sparse",
             "masked": "bench_masked"}
@@ -62,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         out_dir = write_results(family, device, rows, limits, args.out)
         print((out_dir / f"{family}.md").read_text())
+        try:
+            png = plot_family(out_dir / f"{family}.json")
+            print(f"figure: {png}")
+        except ImportError:  # matplotlib is optional (the bench extra installs it)
+            print("matplotlib is not installed: no figure")
     if failed:
         print(f"families that failed: {failed}", file=sys.stderr)
     return 1 if failed else 0
