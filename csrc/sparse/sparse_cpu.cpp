@@ -36,61 +36,80 @@ void check_index_list(const int64_t* idx, int64_t n, int64_t numel, int64_t entr
   }
 }
 
-// A sorted index list with its (weighted) values in the accumulation type.
+// A sorted index list with weighted values, read in place: value i is w * val[i].
 template <typename Acc>
-struct SortedDelta {
-  std::vector<int64_t> idx;
-  std::vector<Acc> val;
+struct WeightedList {
+  const int64_t* idx;
+  const Acc* val;
+  int64_t n;
+  Acc w;
 };
 
-// Two-pointer merge of sorted unique lists; equal indices add.
+// Two-pointer merge of sorted unique lists into out_idx / out_val (room for a.n + b.n);
+// equal indices add. Returns the union's length.
 template <typename Acc>
-SortedDelta<Acc> merge_two(const SortedDelta<Acc>& a, const SortedDelta<Acc>& b) {
-  SortedDelta<Acc> out;
-  out.idx.resize(a.idx.size() + b.idx.size());
-  out.val.resize(out.idx.size());
-  size_t i = 0, j = 0, n = 0;
-  while (i < a.idx.size() && j < b.idx.size()) {
+int64_t merge_two(const WeightedList<Acc>& a, const WeightedList<Acc>& b, int64_t* out_idx, Acc* out_val) {
+  int64_t i = 0, j = 0, n = 0;
+  while (i < a.n && j < b.n) {
     const int64_t x = a.idx[i], y = b.idx[j];
-    out.idx[n] = x < y ? x : y;
-    out.val[n] = (x <= y ? a.val[i] : Acc(0)) + (y <= x ? b.val[j] : Acc(0));
+    out_idx[n] = x < y ? x : y;
+    out_val[n] = (x <= y ? a.w * a.val[i] : Acc(0)) + (y <= x ? b.w * b.val[j] : Acc(0));
     i += x <= y;
     j += y <= x;
     ++n;
   }
-  for (; i < a.idx.size(); ++i, ++n) out.idx[n] = a.idx[i], out.val[n] = a.val[i];
-  for (; j < b.idx.size(); ++j, ++n) out.idx[n] = b.idx[j], out.val[n] = b.val[j];
-  out.idx.resize(n);
-  out.val.resize(n);
-  return out;
+  for (; i < a.n; ++i, ++n) out_idx[n] = a.idx[i], out_val[n] = a.w * a.val[i];
+  for (; j < b.n; ++j, ++n) out_idx[n] = b.idx[j], out_val[n] = b.w * b.val[j];
+  return n;
 }
 
-// One parameter's parts (entry numbers): validated, weighted, merged.
+// One parameter's parts (entry numbers): validated, weighted and merged straight from
+// the inputs into the returned tensors (one pass per merge, no intermediate copies).
 template <typename Acc>
 std::pair<at::Tensor, at::Tensor> merge_parts(const std::vector<int64_t>& parts, at::TensorList indices,
                                               at::TensorList values, at::ArrayRef<double> weights,
                                               int64_t numel) {
-  SortedDelta<Acc> merged;
-  for (size_t k = 0; k < parts.size(); ++k) {
-    const int64_t j = parts[k];
+  std::vector<at::Tensor> keep;  // contiguous / converted inputs, alive while read
+  std::vector<WeightedList<Acc>> lists;
+  int64_t total = 0;
+  for (const int64_t j : parts) {
     const at::Tensor idx_t = indices[j].contiguous();
     const at::Tensor val_t = values[j].to(acc_dtype<Acc>()).contiguous();
-    const int64_t n = idx_t.numel();
-    const int64_t* idx = idx_t.const_data_ptr<int64_t>();
-    const Acc* val = val_t.const_data_ptr<Acc>();
-    check_index_list(idx, n, numel, j);
-    SortedDelta<Acc> part;
-    part.idx.assign(idx, idx + n);
-    part.val.resize(n);
-    const Acc w = static_cast<Acc>(weights[j]);
-    for (int64_t i = 0; i < n; ++i) part.val[i] = w * val[i];
-    merged = k == 0 ? std::move(part) : merge_two(merged, part);
+    check_index_list(idx_t.const_data_ptr<int64_t>(), idx_t.numel(), numel, j);
+    lists.push_back({idx_t.const_data_ptr<int64_t>(), val_t.const_data_ptr<Acc>(), idx_t.numel(),
+                     static_cast<Acc>(weights[j])});
+    keep.push_back(idx_t);
+    keep.push_back(val_t);
+    total += idx_t.numel();
   }
-  const int64_t n = static_cast<int64_t>(merged.idx.size());
-  at::Tensor union_idx = at::empty({n}, indices[parts[0]].options());
-  at::Tensor delta = at::empty({n}, values[parts[0]].options().dtype(acc_dtype<Acc>()));
-  std::copy(merged.idx.begin(), merged.idx.end(), union_idx.mutable_data_ptr<int64_t>());
-  std::copy(merged.val.begin(), merged.val.end(), delta.mutable_data_ptr<Acc>());
+  const auto idx_opts = indices[parts[0]].options();
+  const auto val_opts = values[parts[0]].options().dtype(acc_dtype<Acc>());
+  at::Tensor union_idx = at::empty({total}, idx_opts), delta = at::empty({total}, val_opts);
+  int64_t* out_idx = union_idx.mutable_data_ptr<int64_t>();
+  Acc* out_val = delta.mutable_data_ptr<Acc>();
+  int64_t n = 0;
+  if (lists.size() == 1) {
+    const auto& a = lists[0];
+    std::copy(a.idx, a.idx + a.n, out_idx);
+    for (int64_t i = 0; i < a.n; ++i) out_val[i] = a.w * a.val[i];
+    n = a.n;
+  } else {
+    // Pairwise: the running union ping-pongs between the output and a scratch pair.
+    at::Tensor scratch_idx = at::empty({total}, idx_opts), scratch_val = at::empty({total}, val_opts);
+    int64_t* dst_idx[2] = {out_idx, scratch_idx.mutable_data_ptr<int64_t>()};
+    Acc* dst_val[2] = {out_val, scratch_val.mutable_data_ptr<Acc>()};
+    // Merge so that the last merge lands in the output: start in slot (k - 2) % 2.
+    int slot = static_cast<int>((lists.size() - 2) % 2);
+    n = merge_two(lists[0], lists[1], dst_idx[slot], dst_val[slot]);
+    for (size_t k = 2; k < lists.size(); ++k) {
+      const WeightedList<Acc> acc{dst_idx[slot], dst_val[slot], n, Acc(1)};
+      slot ^= 1;
+      n = merge_two(acc, lists[k], dst_idx[slot], dst_val[slot]);
+    }
+  }
+  // Shrinking keeps the storage: at most the overlap count of entries is unused.
+  union_idx.resize_({n});
+  delta.resize_({n});
   return {union_idx, delta};
 }
 
