@@ -50,3 +50,11 @@ def test_bench_cli_parses_op_names_and_refuses_unknown_ones(capsys):
     with pytest.raises(SystemExit):
         main(["--ops", "lora,nope", "--quick"])
     assert "unknown family 'nope'" in capsys.readouterr().err
+
+
+def test_gpu_check_script_parses():
+    """bench/gpu_check.sh runs only on a lent GPU machine: at least keep it valid bash."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0

@@ -171,3 +171,14 @@ def test_save_and_load_named_adapters(tmp_path):
     with pytest.raises(ValueError):
         peftcore.load_adapter(other, tmp_path / "a", adapter_name="b")
     assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
+
+
+def test_two_active_adapters_compile_fullgraph():
+    base, model = two_adapter_model(BoneConfig(r=4, target_modules=["2"]))
+    peftcore.set_adapter(model, ["a", "b"])
+    x = torch.randn(5, 12, dtype=torch.float64)
+    ref = model(x)
+    out = torch.compile(model, fullgraph=True, backend="aot_eager")(x)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    out.sum().backward()
+    assert model[2].adapters["b"].miss_block.grad is not None
