@@ -25,5 +25,9 @@ def main(argv=None) -> int:
     return 2
 
 
+def cli() -> int:  # the `peftcore` console script: `peftcore demo ...`, `peftcore fetch-data`
+    return main()
+
+
 if __name__ == "__main__":
     raise SystemExit(main())

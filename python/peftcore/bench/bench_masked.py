@@ -20,6 +20,7 @@ from torch import nn
 
 from peftcore.sparse import MaskedTraining, SparseDelta
 
+from .bench_optim import state_bytes as _state_bytes
 from .common import Limits, time_alternating, timing_row
 
 
@@ -28,11 +29,6 @@ def _mlp(width: int, depth: int, device) -> nn.Sequential:
     for _ in range(depth):
         layers += [nn.Linear(width, width), nn.GELU()]
     return nn.Sequential(*layers).to(device)
-
-
-def _state_bytes(opt: torch.optim.Optimizer) -> int:
-    return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
-               if isinstance(t, torch.Tensor))
 
 
 def run(device: torch.device, dtype: torch.dtype, quick: bool, limits: Limits, progress) -> list[dict]:

@@ -51,6 +51,16 @@ def candidates(kind: str):
              "timm": lambda ps: timm_optim.Lars(ps, lr=0.1, momentum=0.9, weight_decay=1e-4)}, 20)
 
 
+def state_bytes(opt: torch.optim.Optimizer) -> int:
+    """What the optimizer keeps between steps (moments, buffers, step counters)."""
+    seen = {}
+    for s in opt.state.values():
+        for t in s.values():
+            if isinstance(t, torch.Tensor):
+                seen[t.data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
 def run(device: torch.device, dtype: torch.dtype, quick: bool, limits: Limits, progress) -> list[dict]:
     rows = []
     dtype = torch.float32  # optimizer state is float32; the sets are float32 parameters
@@ -67,11 +77,13 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, limits: Limits, p
             opts = {name: make(make_params(shapes, device, dtype)) for name, make in makers.items()}
             timings = time_alternating({name: opt.step for name, opt in opts.items()}, device,
                                        warmup=1, reps=reps, rounds=rounds)
+            state = {name: state_bytes(opt) for name, opt in opts.items()}
             del opts
             for name, t in timings.items():
                 gbs = bytes_per_param * n_params / t.median_s / 1e9
                 case = {"op": f"{kind} step", "set": set_name, "tensors": len(shapes), "params_M": n_params / 1e6}
                 rows.append(timing_row(case, device, name, t,
                                        timm_over_this=timings["timm"].median_s / t.median_s,
+                                       state_MiB=state[name] / 2**20,
                                        GBps_min_traffic=gbs, pct_bandwidth=100 * gbs / limits.bandwidth_gbs))
     return rows

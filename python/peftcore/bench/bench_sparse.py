@@ -45,6 +45,11 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, limits: Limits, p
                 for name, e in d.entries.items():
                     params[name].view(-1).index_add_(0, e.indices, -e.values)
 
+    handle = apply(model, deltas)  # what apply keeps for an exact revert: union indices + originals
+    kept = {"peftcore": sum(u.untyped_storage().nbytes() + o.untyped_storage().nbytes()
+                            for u, o in handle.saved.values()),
+            "index_add_ loop": 0}  # keeps nothing, and cannot restore 16-bit weights exactly
+    revert(model, handle)
     t = time_alternating({"peftcore": peftcore_apply_revert, "index_add_ loop": loop_apply_revert},
                          device, warmup=1, reps=2 if device.type == "cpu" else 10, rounds=3)
     n_params = sum(p.numel() for p in model.parameters())
@@ -57,5 +62,6 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, limits: Limits, p
         case = {"op": "sparse apply+revert", "set": f"{n_params / 1e6:.0f}M params, 2 x 1% deltas"}
         rows.append(timing_row(case, device, name, timing,
                                loop_over_this=t["index_add_ loop"].median_s / timing.median_s,
+                               kept_MiB=kept[name] / 2**20,
                                GBps=gbs, pct_bandwidth=100 * gbs / limits.bandwidth_gbs))
     return rows
