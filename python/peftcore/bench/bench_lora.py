@@ -25,7 +25,7 @@ FULL_SHAPES = [
     for (i, o) in [(4096, 4096), (4096, 11008), (8192, 8192)]
     for n in (2048, 8192, 16384)
     for r in (16,)
-] + [(8192, 4096, 4096, r) for r in (8, 64, 128)]
+] + [(8192, 4096, 4096, r) for r in (8, 64, 128)] + [(512, 4096, 4096, 16)]  # short sequences too
 
 
 def lora_flops(n: int, i: int, o: int, r: int) -> float:
