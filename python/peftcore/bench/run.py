@@ -20,7 +20,7 @@ from .common import machine_name, measure_limits, write_results
 from .plots import plot_family
 
 FAMILIES = {"lora": "bench_lora", "adapters": "bench_adapters", "optim": "bench_optim", "sparse": "bench_sparse",
-            "masked": "bench_masked"}
+            "masked": "bench_masked", "select": "bench_select"}
 # Op names that the issue tracker and users use, mapped to the family that measures them.
 ALIASES = {"hydra": "adapters", "bone": "adapters", "lamb": "optim", "lars": "optim"}
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="peftcore-bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small CPU smoke set (< 2 minutes)")
     parser.add_argument("--ops", default=",".join(FAMILIES),
-                        help="comma-separated: lora, adapters (= hydra, bone), optim (= lamb, lars), sparse, masked")
+                        help="comma-separated: lora, adapters (= hydra, bone), optim (= lamb, lars), sparse, masked, select")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: fp32 on CPU, bf16 on GPU)")
     parser.add_argument("--out", type=Path, default=None,

@@ -1,6 +1,7 @@
 """Exact top-k selection of |theta - theta0| over many tensors, without
 concatenating them: a radix select on the float32 bit patterns of the
-magnitudes (non-negative floats order like their bits), 8 bits per round."""
+magnitudes (non-negative floats order like their bits), 16 bits per round: two
+histogram rounds and one selection pass, each over one parameter at a time."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import torch
 from torch import Tensor
 
 
-def _magnitude_bits(pair: tuple[Tensor, Tensor]) -> Tensor:
+def _magnitude_bits(pair: tuple[Tensor, Tensor], check: bool = False) -> Tensor:
     """int32 bit patterns of |theta - theta0| (float32), flat; one parameter at a time."""
     t0, t = pair
     d = (t.detach().to(torch.float32) - t0.detach().to(torch.float32)).abs_().flatten()
-    if not bool(torch.isfinite(d).all()):
+    if check and not bool(torch.isfinite(d).all()):
         raise ValueError("from_diff: theta - theta0 has non-finite values")
     return d.view(torch.int32)
 
@@ -27,19 +28,20 @@ def select_top_k(pairs: Mapping[str, tuple[Tensor, Tensor]], k: int) -> dict[str
         return {n: torch.zeros(0, dtype=torch.int64, device=p[0].device) for n, p in pairs.items()}
     k = min(k, total)
     prefix, remaining = 0, k
-    for shift in (24, 16, 8, 0):  # most significant byte first
+    for shift in (16, 0):  # the high 16 bits, then the low 16 of the candidates left
         hist = None
         for pair in pairs.values():
-            bits = _magnitude_bits(pair)
-            if shift != 24:
-                bits = bits[(bits >> (shift + 8)) == prefix]
-            h = torch.bincount(((bits >> shift) & 255).to(torch.int64), minlength=256).cpu()
+            bits = _magnitude_bits(pair, check=shift == 16)
+            if shift == 0:
+                bits = bits[(bits >> 16) == prefix]
+            h = torch.bincount((bits >> shift) & 0xFFFF, minlength=1 << 16)
             hist = h if hist is None else hist + h
+        hist = hist.cpu()
         from_top = hist.flip(0).cumsum(0)
         b = int(torch.nonzero(from_top >= remaining)[0])
-        bucket = 255 - b
+        bucket = (1 << 16) - 1 - b
         remaining -= int(from_top[b] - hist[bucket])  # drop what lies strictly above the bucket
-        prefix = (prefix << 8) | bucket
+        prefix = (prefix << 16) | bucket
     threshold, ties_left = prefix, remaining  # the k-th largest bit pattern; ties still to take
     chosen = {}
     for name, pair in pairs.items():
