@@ -60,9 +60,12 @@ TORCH_LIBRARY(peftcore, m) {
       "hydra_linear(Tensor x, Tensor weight, Tensor? bias, Tensor? A_p, Tensor? B_p, Tensor? A_s, "
       "Tensor? B_s, float scale_p, float scale_s, float dropout_p, Tensor? dropout_seed) -> "
       "(Tensor out, Tensor h, Tensor hidden_p, Tensor hidden_s)");
+  // h (the base output, [N, out]) is returned, and read by backward, only with dropout:
+  // without it backward rewrites T_s^T h as (T_s^T x) W^T + colsum(T_s) b^T, so h is
+  // empty ([0]) and costs neither memory nor a copy.
   // output_mask selects (x, weight, bias, A_p, B_p, A_s, B_s).
   m.def(
-      "hydra_linear_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor h, Tensor? A_p, "
+      "hydra_linear_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, Tensor h, Tensor? A_p, "
       "Tensor? B_p, Tensor? A_s, Tensor? B_s, Tensor hidden_p, Tensor hidden_s, float scale_p, "
       "float scale_s, float dropout_p, Tensor? dropout_seed, bool[7] output_mask) -> (Tensor grad_x, "
       "Tensor grad_weight, Tensor grad_bias, Tensor grad_A_p, Tensor grad_B_p, Tensor grad_A_s, "

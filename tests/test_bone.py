@@ -185,3 +185,26 @@ def test_every_adapter_runs_under_autocast_with_fp32_weights(make):
     torch.testing.assert_close(y.float(), ref.float(), rtol=2e-2, atol=2e-2)
     y.float().sum().backward()
     assert all(p.grad is not None for p in layer.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: peftcore.HydraLinear(nn.Linear(32, 48), 4, 3, dropout=0.1),
+    lambda: peftcore.BoneLinear(nn.Linear(32, 48), r=16, variant="bat"),
+    lambda: peftcore.BoneLinear(nn.Linear(30, 48), r=8),
+    lambda: peftcore.BoneLinear(nn.Linear(32, 48), r=8, variant="mini", mini_r=6),
+    lambda: peftcore.BoneLinear(nn.Linear(32, 48), r=8, dropout=0.1),
+], ids=["hydra", "bat", "bone", "mini", "bone-dropout"])
+def test_adapter_layers_compile_fullgraph(make):
+    torch.manual_seed(0)
+    layer = make()
+    with torch.no_grad():
+        for p in layer.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.1)
+    layer.eval()  # no dropout: eager and compiled outputs must agree exactly in meaning
+    x = torch.randn(5, layer.in_features, requires_grad=True)
+    ref = layer(x)
+    out = torch.compile(layer, fullgraph=True, backend="aot_eager")(x)
+    torch.testing.assert_close(out, ref)
+    out.sum().backward()
+    assert x.grad is not None and all(p.grad is not None for p in layer.parameters() if p.requires_grad)

@@ -70,8 +70,9 @@ def test_gradcheck_and_opcheck(device):
         t32 = [x.detach().float().requires_grad_(True) if x is not None else None for x in t]
         torch.library.opcheck(hydra_op, (*t32, 0.5, 1.5, p, seed))
         out, h, hp, hs = hydra_op(*t32, 0.5, 1.5, p, seed)
+        assert h.numel() == (out.numel() if p > 0 else 0), "h exists only for dropout's mask on it"
         args = [x.detach() if isinstance(x, torch.Tensor) else x
-                for x in (torch.randn_like(out), t32[0], t32[1], h, *t32[3:], hp, hs)]
+                for x in (torch.randn_like(out), t32[0], t32[1], t32[2], h, *t32[3:], hp, hs)]
         torch.library.opcheck(hydra_bwd, (*args, 0.5, 1.5, p, seed, [True] * 7))
 
 

@@ -61,7 +61,11 @@ HydraDims check_hydra_backward(const at::Tensor& grad_out, const at::Tensor& x, 
   const auto out_shape = with_last_dim(x, d.out);
   check_shape(op, "grad_out", grad_out, out_shape, "[..., out_features]");
   check_same_dtype_device(op, "grad_out", grad_out, "x", x);
-  check_shape(op, "h", h, {d.rows, d.out}, "[N, out_features]");
+  if (dropout_p == 0.0) {
+    TORCH_CHECK(h.numel() == 0, op, ": without dropout h is not used and must be empty, got ", h.sizes());
+  } else {
+    check_shape(op, "h", h, {d.rows, d.out}, "[N, out_features]");
+  }
   check_shape(op, "hidden_p", hidden_p, {d.rows, d.rank_p}, "[N, r_p]");
   check_shape(op, "hidden_s", hidden_s, {d.rows, d.rank_s}, "[N, r_s]");
   return d;

@@ -1,6 +1,7 @@
 #include "hydra/hydra_compose.h"
 
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
@@ -32,6 +33,87 @@ at::Tensor no_hidden(const at::Tensor& x, int64_t rows) { return at::empty({rows
 
 at::Tensor empty_grad(const at::Tensor& like) { return at::empty({0}, like.options()); }
 
+// The branches' factors side by side (rank p first): [N, r_p + r_s] or [out, r_p + r_s].
+at::Tensor side_by_side(const HydraDims& d, const at::Tensor& p, const at::Tensor& s) {
+  if (d.rank_s == 0) return p;
+  if (d.rank_p == 0) return s;
+  return at::cat({p, s}, 1);
+}
+
+// Without dropout: h is the output buffer itself. hidden_s = s_s h A_s^T is taken
+// before the adapters accumulate into it, then both branches add with ONE GEMM:
+// y = h + [hidden_p | hidden_s] [B_p | B_s]^T. Nothing N x out is saved.
+HydraForward forward_no_dropout(const HydraDims& d, const at::Tensor& x, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& A_p,
+                                const std::optional<at::Tensor>& B_p, const std::optional<at::Tensor>& A_s,
+                                const std::optional<at::Tensor>& B_s, double scale_p, double scale_s) {
+  const at::Tensor x2 = x.reshape({d.rows, d.in});
+  at::Tensor y = present(bias) ? at::addmm(*bias, x2, weight.t()) : at::mm(x2, weight.t());
+  if (!y.is_contiguous()) y = y.contiguous();
+  at::Tensor hidden_p = no_hidden(x, d.rows), hidden_s = no_hidden(x, d.rows);
+  if (d.rank_p > 0) hidden_p = at::mm(x2, A_p->t()).mul_(scale_p);
+  if (d.rank_s > 0) hidden_s = at::mm(y, A_s->t()).mul_(scale_s);
+  const at::Tensor b_cat = side_by_side(d, d.rank_p ? *B_p : at::Tensor(), d.rank_s ? *B_s : at::Tensor());
+  y.addmm_(side_by_side(d, hidden_p, hidden_s), b_cat.t());
+  return {y.view(with_last_dim(x, d.out)), at::empty({0}, x.options()), hidden_p, hidden_s};
+}
+
+// Without dropout, with T = G [B_p | B_s] scaled per branch (T_p | T_s):
+//   dB = G^T [hidden_p | hidden_s],  Q = T^T x,  dA_p = Q_p,
+//   dA_s = T_s^T h = Q_s W^T + colsum(T_s) b^T              (h = x W^T + b: not needed)
+//   dx = G_h W + T_p A_p = G W + T [A_p ; A_s W]             (G_h = G + T_s A_s: not formed)
+//   dW = G_h^T x = G^T x + A_s^T Q_s,  db = colsum(G) + A_s^T colsum(T_s)
+HydraBackward backward_no_dropout(const HydraDims& d, const at::Tensor& g, const at::Tensor& x,
+                                  const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                  const std::optional<at::Tensor>& A_p, const std::optional<at::Tensor>& B_p,
+                                  const std::optional<at::Tensor>& A_s, const std::optional<at::Tensor>& B_s,
+                                  const at::Tensor& hidden_p, const at::Tensor& hidden_s, double scale_p,
+                                  double scale_s, std::array<bool, 7> mask) {
+  const at::Tensor x2 = x.reshape({d.rows, d.in});
+  const int64_t rp = d.rank_p, rs = d.rank_s;
+  const bool need_t = mask[0] || mask[3] || (rs > 0 && (mask[1] || mask[2] || mask[5]));
+  at::Tensor t, q;
+  if (need_t) {
+    t = at::mm(g, side_by_side(d, rp ? *B_p : at::Tensor(), rs ? *B_s : at::Tensor()));
+    if (rp > 0) t.narrow(1, 0, rp).mul_(scale_p);
+    if (rs > 0) t.narrow(1, rp, rs).mul_(scale_s);
+  }
+  const bool need_q = mask[3] || (rs > 0 && (mask[1] || mask[5]));
+  if (need_q) q = at::mm(t.t(), x2);  // [r_p + r_s, in]
+  const at::Tensor t_s = (need_t && rs > 0) ? t.narrow(1, rp, rs) : at::Tensor();
+  const at::Tensor q_s = (need_q && rs > 0) ? q.narrow(0, rp, rs) : at::Tensor();
+
+  at::Tensor grad_x = empty_grad(x), grad_w = empty_grad(x), grad_b = empty_grad(x);
+  at::Tensor grad_ap = empty_grad(x), grad_bp = empty_grad(x), grad_as = empty_grad(x), grad_bs = empty_grad(x);
+  if (mask[0]) {
+    grad_x = at::mm(g, weight);
+    if (!grad_x.is_contiguous()) grad_x = grad_x.contiguous();
+    const at::Tensor as_w = rs > 0 ? at::mm(*A_s, weight) : at::Tensor();  // [r_s, in]
+    const at::Tensor m = rp > 0 && rs > 0 ? at::cat({*A_p, as_w}, 0) : (rp > 0 ? *A_p : as_w);
+    grad_x.addmm_(t, m);
+    grad_x = grad_x.view(x.sizes());
+  }
+  if (mask[1]) {
+    grad_w = at::mm(g.t(), x2);
+    if (rs > 0) grad_w.addmm_(A_s->t(), q_s);
+  }
+  if (mask[2]) {
+    grad_b = at::sum(g, {0});
+    if (rs > 0) grad_b.add_(at::mm(at::sum(t_s, {0}, true), *A_s).squeeze(0));
+  }
+  if (mask[4] || mask[6]) {
+    const at::Tensor db = at::mm(g.t(), side_by_side(d, hidden_p, hidden_s));  // [out, r_p + r_s]
+    if (mask[4]) grad_bp = db.narrow(1, 0, rp).contiguous();
+    if (mask[6]) grad_bs = db.narrow(1, rp, rs).contiguous();
+  }
+  if (mask[3]) grad_ap = q.narrow(0, 0, rp).contiguous();
+  if (mask[5]) {
+    grad_as = at::mm(q_s, weight.t());  // [r_s, out]
+    if (present(bias)) grad_as.addmm_(at::sum(t_s, {0}).unsqueeze(1), bias->unsqueeze(0));  // outer product
+  }
+  return {grad_x, grad_w, grad_b, grad_ap, grad_bp, grad_as, grad_bs};
+}
+
 }  // namespace
 
 HydraForward hydra_forward(const LoraSkinnyOps& ops, const at::Tensor& x, const at::Tensor& weight,
@@ -41,6 +123,7 @@ HydraForward hydra_forward(const LoraSkinnyOps& ops, const at::Tensor& x, const 
                            double dropout_p, const std::optional<at::Tensor>& dropout_seed) {
   const HydraDims d = check_hydra_forward(x, weight, bias, A_p, B_p, A_s, B_s, dropout_p, dropout_seed);
   const c10::OptionalDeviceGuard guard(x.device());
+  if (dropout_p == 0.0) return forward_no_dropout(d, x, weight, bias, A_p, B_p, A_s, B_s, scale_p, scale_s);
   const HydraDropout drop(dropout_p, dropout_seed);
   const double keep = 1.0 - dropout_p;
   const at::Tensor x2 = x.reshape({d.rows, d.in});
@@ -60,7 +143,7 @@ HydraForward hydra_forward(const LoraSkinnyOps& ops, const at::Tensor& x, const 
 }
 
 HydraBackward hydra_backward(const LoraSkinnyOps& ops, const at::Tensor& grad_out, const at::Tensor& x,
-                             const at::Tensor& weight, const at::Tensor& h,
+                             const at::Tensor& weight, const std::optional<at::Tensor>& bias, const at::Tensor& h,
                              const std::optional<at::Tensor>& A_p, const std::optional<at::Tensor>& B_p,
                              const std::optional<at::Tensor>& A_s, const std::optional<at::Tensor>& B_s,
                              const at::Tensor& hidden_p, const at::Tensor& hidden_s, double scale_p,
@@ -69,9 +152,13 @@ HydraBackward hydra_backward(const LoraSkinnyOps& ops, const at::Tensor& grad_ou
   const HydraDims d = check_hydra_backward(grad_out, x, weight, h, A_p, B_p, A_s, B_s, hidden_p, hidden_s,
                                            dropout_p, dropout_seed);
   const c10::OptionalDeviceGuard guard(x.device());
+  const at::Tensor g = grad_out.reshape({d.rows, d.out}).contiguous();
+  if (dropout_p == 0.0) {
+    return backward_no_dropout(d, g, x, weight, bias, A_p, B_p, A_s, B_s, hidden_p, hidden_s, scale_p, scale_s,
+                               output_mask);
+  }
   const HydraDropout drop(dropout_p, dropout_seed);
   const double keep = 1.0 - dropout_p;
-  const at::Tensor g = grad_out.reshape({d.rows, d.out}).contiguous();
   const at::Tensor x2 = x.reshape({d.rows, d.in});
   const bool need_gh = output_mask[0] || output_mask[1] || output_mask[2];
 

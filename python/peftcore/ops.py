@@ -195,14 +195,14 @@ def hydra_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], A_p: Optiona
 def _hydra_linear_fake(x, weight, bias, A_p, B_p, A_s, B_s, scale_p, scale_s, dropout_p, dropout_seed):
     rows = math.prod(x.shape[:-1])
     out = x.new_empty((*x.shape[:-1], weight.shape[0]))
-    h = x.new_empty((rows, weight.shape[0]))
+    h = x.new_empty((rows, weight.shape[0]) if dropout_p > 0 else (0,))  # only dropout needs h
     hidden_p = x.new_empty((rows, A_p.shape[0] if A_p is not None else 0))
     hidden_s = x.new_empty((rows, A_s.shape[0] if A_s is not None else 0))
     return out, h, hidden_p, hidden_s
 
 
 @torch.library.register_fake("peftcore::hydra_linear_backward")
-def _hydra_linear_backward_fake(grad_out, x, weight, h, A_p, B_p, A_s, B_s, hidden_p, hidden_s, scale_p,
+def _hydra_linear_backward_fake(grad_out, x, weight, bias, h, A_p, B_p, A_s, B_s, hidden_p, hidden_s, scale_p,
                                 scale_s, dropout_p, dropout_seed, output_mask):
     def grad(flag, t, shape=None) -> Tensor:
         return x.new_empty((shape if shape is not None else t.shape) if flag and (t is not None or shape) else (0,))
@@ -215,7 +215,7 @@ def _hydra_linear_backward_fake(grad_out, x, weight, h, A_p, B_p, A_s, B_s, hidd
 def _hydra_setup_context(ctx, inputs, output):
     x, weight, bias, A_p, B_p, A_s, B_s, scale_p, scale_s, dropout_p, seed = inputs
     _, h, hidden_p, hidden_s = output
-    ctx.save_for_backward(x, weight, h, A_p, B_p, A_s, B_s, hidden_p, hidden_s, seed)
+    ctx.save_for_backward(x, weight, bias, h, A_p, B_p, A_s, B_s, hidden_p, hidden_s, seed)
     ctx.scales = (scale_p, scale_s)
     ctx.dropout_p = dropout_p
     ctx.present = (bias is not None, A_p is not None, A_s is not None)
@@ -223,12 +223,12 @@ def _hydra_setup_context(ctx, inputs, output):
 
 
 def _hydra_backward(ctx, grad_out, _gh, _gp, _gs):
-    x, weight, h, A_p, B_p, A_s, B_s, hidden_p, hidden_s, seed = ctx.saved_tensors
+    x, weight, bias, h, A_p, B_p, A_s, B_s, hidden_p, hidden_s, seed = ctx.saved_tensors
     needs = ctx.needs_input_grad
     has_bias, has_p, has_s = ctx.present
     mask = [needs[0], needs[1], has_bias and needs[2], has_p and needs[3], has_p and needs[4],
             has_s and needs[5], has_s and needs[6]]
-    grads = _ops.hydra_linear_backward(grad_out, x, weight, h, A_p, B_p, A_s, B_s, hidden_p, hidden_s,
+    grads = _ops.hydra_linear_backward(grad_out, x, weight, bias, h, A_p, B_p, A_s, B_s, hidden_p, hidden_s,
                                        *ctx.scales, ctx.dropout_p, seed, mask)
     return tuple(g if m else None for g, m in zip(grads, mask)) + (None, None, None, None)
 

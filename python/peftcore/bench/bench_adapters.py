@@ -35,6 +35,7 @@ def build(base: nn.Linear, r: int) -> dict[str, nn.Module]:
         "hf peft bone": peft_miss(base, r, True),
         "peftcore bat": peftcore.BoneLinear(copy.deepcopy(base), r=r, variant="bat"),
         "hf peft bat": peft_miss(base, r, "bat"),
+        "peftcore hydra 8+8": peftcore.HydraLinear(copy.deepcopy(base), 8, 8, 16, 16),
         "peftcore hydra 16+16": peftcore.HydraLinear(copy.deepcopy(base), 16, 16, 32, 32),
     }
     with torch.no_grad():  # non-zero adapters, the same in both libraries
