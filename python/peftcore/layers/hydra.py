@@ -19,10 +19,11 @@ class HydraLinear(nn.Module):
     ``s = alpha / r`` per branch; r = 0 turns a branch off. A's are kaiming-uniform,
     B's zero, so a fresh layer equals its base. One fused op computes it all.
 
-    Backward needs h for the sequential branch: the op saves it (N x out) rather
-    than recomputing it, because recomputing costs one more N x in x out GEMM,
-    measured at +38% of the whole forward + backward (N=4096, 1024 x 1024, fp32,
-    2-core CPU) to save 16 MiB there.
+    Backward needs ``T_s^T h`` for the sequential branch. Without dropout the op
+    rewrites it as ``(T_s^T x) W^T + colsum(T_s) b^T`` and saves no h at all (and the
+    output reuses h's buffer). With dropout the mask sits on h, so h is saved: cheaper
+    than recomputing it, which would add one N x in x out GEMM, measured at +38% of the
+    whole forward + backward (N=4096, 1024 x 1024, fp32, 2-core CPU).
     """
 
     def __init__(self, base: nn.Linear, r_parallel: int = 8, r_sequential: int = 8,
