@@ -126,7 +126,9 @@ bone_op = torch.ops.peftcore.bone_linear
 
 
 @pytest.mark.parametrize("lead,n_in,n_out,r", [((5,), 64, 48, 16), ((2, 3), 70, 33, 16), ((4,), 7, 5, 3),
-                                               ((1,), 9, 4, 9)])
+                                               ((1,), 9, 4, 9),
+                                               # many rows: the merged-weight path (W + up S)
+                                               ((300,), 20, 12, 8), ((8, 40), 16, 16, 4)])
 def test_bone_op_float64_gradcheck_opcheck(device, lead, n_in, n_out, r):
     gen = torch.Generator().manual_seed(0)
     mk = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64).to(device).requires_grad_(True)  # noqa: E731

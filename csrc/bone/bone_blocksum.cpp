@@ -46,15 +46,35 @@ void add_to_blocks_(at::Tensor& dx, const at::Tensor& t, int64_t r) {
   if (rem > 0) dx.narrow(1, full * r, rem).add_(t.narrow(1, 0, rem));
 }
 
+// W + up S, S the block-sum matrix: up added to every r-column block of W (the
+// last partial block takes up's first in % r columns). An elementwise pass over W.
+at::Tensor merged_weight(const at::Tensor& weight, const at::Tensor& up, int64_t r) {
+  at::Tensor w = weight.clone(at::MemoryFormat::Contiguous);
+  add_to_blocks_(w, up, r);
+  return w;
+}
+
+// As lora_linear's merged-weight path: in float32/float64 (W + up S rounds once,
+// below the GEMM's own rounding; never in 16-bit) and when N is large enough that
+// the out x in pass is cheaper than the N-sized passes it removes (the accumulate
+// into y, and in backward G up plus the add into every block of dx).
+bool use_merged_weight(const BoneDims& d, const at::Tensor& x) {
+  const auto dt = x.scalar_type();
+  return (dt == at::kFloat || dt == at::kDouble) && d.rows * (d.in + d.out) >= 2 * d.in * d.out;
+}
+
 std::tuple<at::Tensor, at::Tensor> bone_linear(const at::Tensor& x, const at::Tensor& weight,
                                                const std::optional<at::Tensor>& bias, const at::Tensor& up,
                                                int64_t r) {
   const BoneDims d = check_bone("bone_linear", x, weight, up, r);
   check_linear_bias("bone_linear", bias, d.out, x);
   const at::Tensor x2 = x.reshape({d.rows, d.in});
-  at::Tensor y = (bias.has_value() && bias->defined()) ? at::addmm(*bias, x2, weight.t()) : at::mm(x2, weight.t());
-  at::Tensor hidden = block_sum(x2, r);
-  y.addmm_(hidden, up.t());
+  const bool merged = use_merged_weight(d, x);
+  const at::Tensor w = merged ? merged_weight(weight, up, r) : weight;
+  at::Tensor y = (bias.has_value() && bias->defined()) ? at::addmm(*bias, x2, w.t()) : at::mm(x2, w.t());
+  at::Tensor hidden = block_sum(x2, r);  // saved for grad_up
+  if (!merged) y.addmm_(hidden, up.t());
+  if (!y.is_contiguous()) y = y.contiguous();
   return {y.view(with_last_dim(x, d.out)), hidden};
 }
 
@@ -69,8 +89,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bone_linear_backward(
   const auto empty = [&] { return at::empty({0}, x.options()); };
   at::Tensor grad_x = empty(), grad_w = empty(), grad_b = empty(), grad_up = empty();
   if (output_mask[0]) {
-    grad_x = at::mm(g, weight);
-    add_to_blocks_(grad_x, at::mm(g, up), r);
+    if (use_merged_weight(d, x)) {
+      grad_x = at::mm(g, merged_weight(weight, up, r));
+    } else {
+      grad_x = at::mm(g, weight);
+      if (!grad_x.is_contiguous()) grad_x = grad_x.contiguous();
+      add_to_blocks_(grad_x, at::mm(g, up), r);
+    }
     grad_x = grad_x.view(x.sizes());
   }
   if (output_mask[1]) grad_w = at::mm(g.t(), x2);
