@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from peftcore.optim import Lamb
-from peftcore.sparse import MaskedTraining, SparseDelta, SparseEntry, applied
+from peftcore.sparse import MaskedTraining, SparseDelta, applied
 
 
 def mlp():

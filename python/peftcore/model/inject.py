@@ -271,11 +271,3 @@ def disable_adapters(model: nn.Module):
             del site.forward
         for layer in merged:
             layer.merge()
-
-
-def remove_adapters(model: nn.Module, names) -> None:
-    """Puts the base layers back at these places without merging (undoes a failed load)."""
-    for name in names:
-        site = model.get_submodule(name)
-        if isinstance(site, SITES):
-            _set_submodule(model, name, _base_of(site))
