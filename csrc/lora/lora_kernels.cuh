@@ -40,12 +40,11 @@ __device__ __forceinline__ DropoutMask load_mask(const DeviceDropout& d) {
 
 constexpr int kMaskThreads = 256;
 
-// dst[i] = keep(i) ? src[i] : 0 over a contiguous [N, K] tensor (flat index i).
-// One Philox call gives the bits of 4 consecutive elements: one group per thread.
-template <typename T>
-__global__ void __launch_bounds__(kMaskThreads)
-    masked_copy_kernel(const T* __restrict__ src, T* __restrict__ dst, int64_t numel, DeviceDropout drop) {
-  const DropoutMask mask = load_mask(drop);
+// Calls body(i, kept) for every flat index i of a contiguous [N, K] tensor, grid-
+// stride; one Philox call gives the bits of 4 consecutive elements (one group per
+// thread per iteration).
+template <typename Body>
+__device__ __forceinline__ void for_each_with_mask(int64_t numel, const DropoutMask& mask, Body body) {
   const int64_t groups = (numel + 3) / 4;
   for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups;
        g += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -53,9 +52,16 @@ __global__ void __launch_bounds__(kMaskThreads)
     const int64_t i0 = 4 * g;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      if (i0 + k < numel) dst[i0 + k] = ((bits >> k) & 1u) ? src[i0 + k] : T(0);
+      if (i0 + k < numel) body(i0 + k, ((bits >> k) & 1u) != 0);
     }
   }
+}
+
+// dst[i] = keep(i) ? src[i] : 0.
+template <typename T>
+__global__ void __launch_bounds__(kMaskThreads)
+    masked_copy_kernel(const T* __restrict__ src, T* __restrict__ dst, int64_t numel, DeviceDropout drop) {
+  for_each_with_mask(numel, load_mask(drop), [&](int64_t i, bool kept) { dst[i] = kept ? src[i] : T(0); });
 }
 
 // dst[i] += keep(i) ? src[i] : 0, summed in the accumulation type.
@@ -63,19 +69,9 @@ template <typename T>
 __global__ void __launch_bounds__(kMaskThreads)
     masked_add_kernel(T* __restrict__ dst, const T* __restrict__ src, int64_t numel, DeviceDropout drop) {
   using acc_t = typename Acc<T>::type;
-  const DropoutMask mask = load_mask(drop);
-  const int64_t groups = (numel + 3) / 4;
-  for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups;
-       g += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const uint32_t bits = mask.keep_bits(static_cast<uint64_t>(g));
-    const int64_t i0 = 4 * g;
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      if (i0 + k < numel && ((bits >> k) & 1u)) {
-        dst[i0 + k] = static_cast<T>(static_cast<acc_t>(dst[i0 + k]) + static_cast<acc_t>(src[i0 + k]));
-      }
-    }
-  }
+  for_each_with_mask(numel, load_mask(drop), [&](int64_t i, bool kept) {
+    if (kept) dst[i] = static_cast<T>(static_cast<acc_t>(dst[i]) + static_cast<acc_t>(src[i]));
+  });
 }
 
 // Enough blocks to fill the GPU a few times over; the grid-stride loops do the rest.

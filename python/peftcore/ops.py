@@ -108,11 +108,6 @@ def _lora_backward(ctx, grad_out, _grad_hidden):
     return tuple(g if m else None for g, m in zip(grads, mask)) + (None, None, None)
 
 
-torch.library.register_autograd(
-    "peftcore::lora_linear", _lora_backward, setup_context=_lora_setup_context
-)
-
-
 def _no_double_backward(op_name: str):
     def backward(ctx, *grads):
         raise RuntimeError(
@@ -123,11 +118,15 @@ def _no_double_backward(op_name: str):
     return backward
 
 
-torch.library.register_autograd(
-    "peftcore::lora_linear_backward",
-    _no_double_backward("peftcore::lora_linear_backward"),
-    setup_context=lambda ctx, inputs, output: None,
-)
+def _register_autograd(op_name: str, backward, setup_context) -> None:
+    """`op_name`'s autograd formula, and a clear error from its backward op (`op_name` +
+    "_backward") when something differentiates through it again."""
+    torch.library.register_autograd(op_name, backward, setup_context=setup_context)
+    torch.library.register_autograd(op_name + "_backward", _no_double_backward(op_name + "_backward"),
+                                    setup_context=lambda ctx, inputs, output: None)
+
+
+_register_autograd("peftcore::lora_linear", _lora_backward, _lora_setup_context)
 
 
 # ---------------------------------------------------------------------------- optimizers
@@ -233,12 +232,7 @@ def _hydra_backward(ctx, grad_out, _gh, _gp, _gs):
     return tuple(g if m else None for g, m in zip(grads, mask)) + (None, None, None, None)
 
 
-torch.library.register_autograd("peftcore::hydra_linear", _hydra_backward, setup_context=_hydra_setup_context)
-torch.library.register_autograd(
-    "peftcore::hydra_linear_backward",
-    _no_double_backward("peftcore::hydra_linear_backward"),
-    setup_context=lambda ctx, inputs, output: None,
-)
+_register_autograd("peftcore::hydra_linear", _hydra_backward, _hydra_setup_context)
 
 
 # ---------------------------------------------------------------------------- MiSS bat
@@ -274,12 +268,7 @@ def _bat_backward(ctx, grad_out):
     return tuple(g if m else None for g, m in zip(grads, mask))
 
 
-torch.library.register_autograd("peftcore::bone_bat_linear", _bat_backward, setup_context=_bat_setup_context)
-torch.library.register_autograd(
-    "peftcore::bone_bat_linear_backward",
-    _no_double_backward("peftcore::bone_bat_linear_backward"),
-    setup_context=lambda ctx, inputs, output: None,
-)
+_register_autograd("peftcore::bone_bat_linear", _bat_backward, _bat_setup_context)
 
 
 # ---------------------------------------------------------------------------- MiSS bone / mini
@@ -315,12 +304,7 @@ def _bone_backward(ctx, grad_out, _grad_hidden):
     return (*(g if m else None for g, m in zip(grads, mask)), None)
 
 
-torch.library.register_autograd("peftcore::bone_linear", _bone_backward, setup_context=_bone_setup_context)
-torch.library.register_autograd(
-    "peftcore::bone_linear_backward",
-    _no_double_backward("peftcore::bone_linear_backward"),
-    setup_context=lambda ctx, inputs, output: None,
-)
+_register_autograd("peftcore::bone_linear", _bone_backward, _bone_setup_context)
 
 
 def bone_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], up: Tensor, r: int) -> Tensor:
