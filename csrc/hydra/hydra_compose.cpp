@@ -40,6 +40,11 @@ at::Tensor side_by_side(const HydraDims& d, const at::Tensor& p, const at::Tenso
   return at::cat({p, s}, 1);
 }
 
+// [B_p | B_s]: [out, r_p + r_s].
+at::Tensor ups(const HydraDims& d, const std::optional<at::Tensor>& B_p, const std::optional<at::Tensor>& B_s) {
+  return side_by_side(d, d.rank_p ? *B_p : at::Tensor(), d.rank_s ? *B_s : at::Tensor());
+}
+
 // Without dropout: h is the output buffer itself. hidden_s = s_s h A_s^T is taken
 // before the adapters accumulate into it, then both branches add with ONE GEMM:
 // y = h + [hidden_p | hidden_s] [B_p | B_s]^T. Nothing N x out is saved.
@@ -53,8 +58,7 @@ HydraForward forward_no_dropout(const HydraDims& d, const at::Tensor& x, const a
   at::Tensor hidden_p = no_hidden(x, d.rows), hidden_s = no_hidden(x, d.rows);
   if (d.rank_p > 0) hidden_p = at::mm(x2, A_p->t()).mul_(scale_p);
   if (d.rank_s > 0) hidden_s = at::mm(y, A_s->t()).mul_(scale_s);
-  const at::Tensor b_cat = side_by_side(d, d.rank_p ? *B_p : at::Tensor(), d.rank_s ? *B_s : at::Tensor());
-  y.addmm_(side_by_side(d, hidden_p, hidden_s), b_cat.t());
+  y.addmm_(side_by_side(d, hidden_p, hidden_s), ups(d, B_p, B_s).t());
   return {y.view(with_last_dim(x, d.out)), at::empty({0}, x.options()), hidden_p, hidden_s};
 }
 
@@ -74,7 +78,7 @@ HydraBackward backward_no_dropout(const HydraDims& d, const at::Tensor& g, const
   const bool need_t = mask[0] || mask[3] || (rs > 0 && (mask[1] || mask[2] || mask[5]));
   at::Tensor t, q;
   if (need_t) {
-    t = at::mm(g, side_by_side(d, rp ? *B_p : at::Tensor(), rs ? *B_s : at::Tensor()));
+    t = at::mm(g, ups(d, B_p, B_s));
     if (rp > 0) t.narrow(1, 0, rp).mul_(scale_p);
     if (rs > 0) t.narrow(1, rp, rs).mul_(scale_s);
   }

@@ -61,15 +61,13 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> sparse_compose_cuda
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     const unsigned blocks = static_cast<unsigned>((count + 255) / 256);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, param.scalar_type(), "sparse_compose_cuda", [&] {
-      if (merged.acc == at::kDouble) {
-        compose_kernel<scalar_t, double><<<blocks, 256, 0, stream>>>(
+      auto launch = [&](auto acc_zero) {  // the deltas' dtype: float, or double if any param is
+        using Acc = decltype(acc_zero);
+        compose_kernel<scalar_t, Acc><<<blocks, 256, 0, stream>>>(
             param.mutable_data_ptr<scalar_t>(), merged.indices[i].const_data_ptr<int64_t>(),
-            merged.deltas[i].const_data_ptr<double>(), originals[i].mutable_data_ptr<scalar_t>(), count);
-      } else {
-        compose_kernel<scalar_t, float><<<blocks, 256, 0, stream>>>(
-            param.mutable_data_ptr<scalar_t>(), merged.indices[i].const_data_ptr<int64_t>(),
-            merged.deltas[i].const_data_ptr<float>(), originals[i].mutable_data_ptr<scalar_t>(), count);
-      }
+            merged.deltas[i].const_data_ptr<Acc>(), originals[i].mutable_data_ptr<scalar_t>(), count);
+      };
+      merged.acc == at::kDouble ? launch(0.0) : launch(0.0f);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }

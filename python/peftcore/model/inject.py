@@ -55,6 +55,13 @@ def _selects(name: str, config) -> bool:
     return matches(name, config.target_modules) and not matches(name, config.exclude_modules)
 
 
+def selected_places(model: nn.Module, config) -> tuple[dict[str, nn.Module], list[str]]:
+    """What `config` selects: the already-adapted places (by name), and the plain
+    nn.Linear / Conv1D module names."""
+    existing = {n: m for n, m in adapter_sites(model).items() if _selects(n, config)}
+    return existing, target_names(model, config)
+
+
 def target_names(model: nn.Module, config) -> list[str]:
     """The nn.Linear (or HF Conv1D) modules `config` selects (already-adapted places excluded)."""
     sites = adapter_sites(model)
@@ -64,10 +71,16 @@ def target_names(model: nn.Module, config) -> list[str]:
             and (isinstance(module, nn.Linear) or is_conv1d(module)) and _selects(name, config)]
 
 
+def saved_modules(model: nn.Module, config) -> dict[str, nn.Module]:
+    """The modules `config` trains in full (`modules_to_save`, e.g. a head), by name."""
+    if not config.modules_to_save:
+        return {}
+    return {n: m for n, m in model.named_modules() if n and matches(n, config.modules_to_save)}
+
+
 def _mark_modules_to_save(model: nn.Module, config) -> None:
-    for name, module in model.named_modules():
-        if config.modules_to_save and matches(name, config.modules_to_save):
-            module.requires_grad_(True)
+    for module in saved_modules(model, config).values():
+        module.requires_grad_(True)
 
 
 def _no_match(config) -> ValueError:
@@ -138,8 +151,7 @@ def add_adapter(model: nn.Module, config, adapter_name: str) -> nn.Module:
     if adapter_name in model.peftcore_adapters:
         raise ValueError(f"the model already has an adapter named {adapter_name!r}")
     _require_unmerged(model, "add_adapter")
-    existing = {n: m for n, m in adapter_sites(model).items() if _selects(n, config)}
-    fresh = target_names(model, config)
+    existing, fresh = selected_places(model, config)
     if not existing and not fresh:
         raise _no_match(config)
     made = []

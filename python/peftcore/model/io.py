@@ -14,7 +14,7 @@ from typing import Callable, Union
 import torch
 from torch import Tensor, nn
 
-from .config import BoneConfig, LoraConfig, config_from_dict, matches
+from .config import BoneConfig, LoraConfig, config_from_dict
 from .inject import (
     active_adapters,
     adapter_names,
@@ -23,8 +23,9 @@ from .inject import (
     delete_adapter,
     inject,
     is_conv1d,
+    saved_modules,
+    selected_places,
     site_layers,
-    target_names,
 )
 
 PathLike = Union[str, os.PathLike]
@@ -67,13 +68,8 @@ def _adapter_tensors(model: nn.Module, adapter_name: str, prefix: str = "") -> d
 
 def _saved_module_tensors(model: nn.Module, config) -> dict[str, Tensor]:
     """The parameters of the modules trained in full (`modules_to_save`), by full name."""
-    out = {}
-    if config.modules_to_save:
-        for name, module in model.named_modules():
-            if name and matches(name, config.modules_to_save):
-                for pname, p in module.named_parameters():
-                    out[f"{name}.{pname}"] = p.detach().cpu().contiguous()
-    return out
+    return {f"{name}.{pname}": p.detach().cpu().contiguous()
+            for name, module in saved_modules(model, config).items() for pname, p in module.named_parameters()}
 
 
 def _read_safetensors(path: Path) -> dict[str, Tensor]:
@@ -306,9 +302,8 @@ def from_peft(model: nn.Module, directory: PathLike, adapter_name: str = "defaul
     if peft_type == "BONE":  # same tensor, older key
         tensors = {k[: -len("bone_block")] + "miss_block" if k.endswith(".bone_block") else k: t
                    for k, t in tensors.items()}
-    names = sorted(set(target_names(model, config)) | {
-        n for n, site in adapter_sites(model).items() if matches(n, config.target_modules)
-        and not matches(n, config.exclude_modules)})
+    existing, fresh = selected_places(model, config)
+    names = sorted(set(fresh) | set(existing))
     if not names:
         raise ValueError(f"{directory}: target_modules={config.target_modules!r} match no nn.Linear of the model")
     key = lambda n, pname: f"{PEFT_PREFIX}{n}.{pname}"  # noqa: E731
