@@ -8,7 +8,8 @@
 # works unchanged for a CPU-only build.
 #
 # Sets: TORCH_VERSION_FULL, TORCH_CUDA_VERSION ("" for CPU builds),
-#       TORCH_NVIDIA_INCLUDE_DIR (pip CUDA headers, may be empty).
+#       TORCH_NVIDIA_INCLUDE_DIR (pip CUDA headers, may be empty),
+#       TORCH_LIBSTDCXX (the libstdc++ torch has loaded, may be empty).
 
 execute_process(
   COMMAND "${Python_EXECUTABLE}" -c [=[
@@ -31,6 +32,9 @@ print(int(torch._C._GLIBCXX_USE_CXX11_ABI))
 print(lib)
 print(",".join(ce.include_paths()))
 print(nv)
+# The C++ runtime torch runs on: peftcore links it by path (see below).
+maps = open("/proc/self/maps").read() if os.path.exists("/proc/self/maps") else ""
+print(next((ln.split()[-1] for ln in maps.splitlines() if "/libstdc++.so" in ln), ""))
 ]=]
   OUTPUT_VARIABLE _torch_info
   ERROR_VARIABLE _torch_err
@@ -47,6 +51,11 @@ list(GET _torch_lines 2 _torch_abi)
 list(GET _torch_lines 3 TORCH_LIBRARY_DIR)
 list(GET _torch_lines 4 _torch_includes)
 list(GET _torch_lines 5 TORCH_NVIDIA_INCLUDE_DIR)
+list(LENGTH _torch_lines _torch_nlines)
+set(TORCH_LIBSTDCXX "")
+if(_torch_nlines GREATER 6)
+  list(GET _torch_lines 6 TORCH_LIBSTDCXX)
+endif()
 string(REPLACE "," ";" _torch_includes "${_torch_includes}")
 
 add_library(peftcore_torch INTERFACE)
@@ -57,7 +66,17 @@ foreach(_lib c10 torch_cpu torch)
   find_library(_path_${_lib} NAMES ${_lib} PATHS "${TORCH_LIBRARY_DIR}" NO_DEFAULT_PATH REQUIRED)
   target_link_libraries(peftcore_torch INTERFACE "${_path_${_lib}}")
 endforeach()
-message(STATUS "peftcore: torch ${TORCH_VERSION_FULL} (CUDA '${TORCH_CUDA_VERSION}') at ${TORCH_LIBRARY_DIR}")
+# One C++ runtime per process. A compiler that links libstdc++ statically (a GCC
+# configured that way, or -static-libstdc++) would put a second copy of iostream and
+# locale into _C; its facet ids then index the locale of the shared copy torch
+# loaded, and the first number formatted into an error message reads the wrong
+# facet (seen on a GPU machine: every failed TORCH_CHECK crashed the process).
+# Naming the shared library torch runs on ahead of the driver's implicit -lstdc++
+# resolves every libstdc++ symbol there, so no archive member is pulled in.
+if(TORCH_LIBSTDCXX AND CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
+  target_link_libraries(peftcore_torch INTERFACE "${TORCH_LIBSTDCXX}")
+endif()
+message(STATUS "peftcore: torch ${TORCH_VERSION_FULL} (CUDA '${TORCH_CUDA_VERSION}') at ${TORCH_LIBRARY_DIR}, C++ runtime ${TORCH_LIBSTDCXX}")
 
 # CUDA half of torch, used only when peftcore compiles its CUDA kernels.
 function(peftcore_torch_cuda_target)

@@ -27,6 +27,21 @@ def test_ops_registered_for_backends():
             assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CUDA")
 
 
+def test_one_cpp_runtime_in_the_process():
+    # A libstdc++ linked statically into _C keeps its own locale facet ids: numbers
+    # formatted into an error message then read a wrong facet (truncated message or
+    # crash). _C must link the shared libstdc++ torch uses, so it defines none of it.
+    import shutil
+    if shutil.which("nm") is None:
+        pytest.skip("nm not installed")
+    symbols = subprocess.run(["nm", "-D", "--defined-only", peftcore._C.__file__],
+                             capture_output=True, text=True, check=True).stdout
+    assert "_ZNSt6locale7classicEv" not in symbols and "_ZNSo9_M_insertIlEERSoT_" not in symbols
+    with pytest.raises(RuntimeError, match=r"in_features=4\] to match weight \[out_features, in_features\]=\[3, 4\], got \[2, 5\]"):
+        torch.ops.peftcore.lora_linear(torch.randn(2, 5), torch.randn(3, 4), None, torch.randn(2, 4),
+                                       torch.randn(3, 2), 1.0, 0.0, None)
+
+
 def test_import_refuses_a_different_torch(tmp_path):
     # Simulate a binary built for another torch: the import must fail with a rebuild hint.
     code = (

@@ -46,6 +46,16 @@ def investigate(code: str) -> None:
     print("   " + "\n   ".join(keep[:45]))
 
 
+# Does _C carry its own copy of the C++ runtime (the cause found on the H200 box)?
+import peftcore
+nm = shutil.which("nm")
+if nm:
+    defined = subprocess.run([nm, "-D", "--defined-only", peftcore._C.__file__], capture_output=True, text=True).stdout
+    print("libstdc++ symbols defined in _C:", sum(" _ZNSt" in ln or " _ZNSo" in ln for ln in defined.splitlines()))
+cxx = shutil.which("g++")
+if cxx:
+    print("g++ libstdc++.so:", subprocess.run([cxx, "-print-file-name=libstdc++.so"], capture_output=True, text=True).stdout.strip())
+
 investigated = False
 for device in ("cpu", "cuda"):
     for name, expr in CASES.items():

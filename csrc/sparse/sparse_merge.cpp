@@ -2,6 +2,7 @@
 
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/repeat_interleave.h>
 #include <ATen/ops/searchsorted.h>
 #include <ATen/ops/segment_reduce.h>
 #include <ATen/ops/sort.h>
@@ -48,36 +49,41 @@ MergedDeltas merge_sparse_parts(const char* op, at::TensorList params, at::Tenso
     if (p.scalar_type() == at::kDouble) out.acc = at::kDouble;
   }
   const size_t n = params.size();
-  out.indices.resize(n);
-  out.deltas.resize(n);
+  out.key_offsets.assign(n + 1, 0);
+  out.bounds.assign(n + 1, 0);
 
-  // Every part's indices shifted into one key space (parameter i owns
-  // [offset_i, offset_i + numel_i)), concatenated in parameter then part order.
+  // Every part's indices shifted into one key space, concatenated in parameter then
+  // part order. Batched: one cat, one offset add and one weight multiply for all
+  // parts, not a few launches per part.
   std::vector<at::Tensor> keys, vals;
-  std::vector<int64_t> offsets(n + 1, 0), first_pos, last_pos, lo, hi, boundaries;
-  std::vector<size_t> owners;
+  std::vector<int64_t> first_pos, last_pos, lo, hi, boundaries, part_offset, part_len;
+  std::vector<double> part_weight;
+  bool shifted = false, weighted = false;
   int64_t total = 0;
   for (size_t i = 0; i < n; ++i) {
-    offsets[i + 1] = offsets[i] + params[i].numel();
+    out.key_offsets[i + 1] = out.key_offsets[i] + params[i].numel();
     for (int64_t j : parts[i]) {
       const int64_t len = indices[j].numel();
       if (len == 0) continue;
-      keys.push_back(offsets[i] == 0 ? indices[j] : indices[j].add(offsets[i]));
-      vals.push_back(values[j].to(out.acc).mul(weights[j]));
+      keys.push_back(indices[j]);
+      vals.push_back(values[j]);
+      part_offset.push_back(out.key_offsets[i]);
+      part_len.push_back(len);
+      part_weight.push_back(weights[j]);
+      shifted = shifted || out.key_offsets[i] != 0;
+      weighted = weighted || weights[j] != 1.0;
       first_pos.push_back(total);
       last_pos.push_back(total + len - 1);
-      lo.push_back(offsets[i]);
-      hi.push_back(offsets[i] + params[i].numel() - 1);
+      lo.push_back(out.key_offsets[i]);
+      hi.push_back(out.key_offsets[i] + params[i].numel() - 1);
       if (total > 0) boundaries.push_back(total - 1);  // pair (total-1, total) crosses lists
       total += len;
     }
   }
   if (total == 0) {
-    for (size_t i = 0; i < n; ++i) {
-      if (parts[i].empty()) continue;
-      out.indices[i] = at::empty({0}, params[i].options().dtype(at::kLong));
-      out.deltas[i] = at::empty({0}, params[i].options().dtype(out.acc));
-    }
+    const at::TensorOptions opts = n ? params[0].options() : at::TensorOptions();
+    out.keys = at::empty({0}, opts.dtype(at::kLong));
+    out.sums = at::empty({0}, opts.dtype(out.acc));
     return out;
   }
   const at::Device device = keys.front().device();
@@ -86,7 +92,16 @@ MergedDeltas merge_sparse_parts(const char* op, at::TensorList params, at::Tenso
                 "device here, got params[0] on ", params[0].device(), " and params[", i, "] on ",
                 params[i].device());
   }
-  const at::Tensor key = at::cat(keys);
+  const at::Tensor lengths = host_longs(part_len, device);
+  at::Tensor key = at::cat(keys);
+  if (shifted) {
+    key.add_(at::repeat_interleave(host_longs(part_offset, device), lengths, 0, total));
+  }
+  at::Tensor val = at::cat(vals).to(out.acc);
+  if (weighted) {
+    const at::Tensor w = at::tensor(part_weight, at::TensorOptions().dtype(at::kDouble)).to(device, out.acc);
+    val.mul_(at::repeat_interleave(w, lengths, 0, total));
+  }
 
   // Validation, batched: strictly increasing inside each list (pairs that cross two
   // lists are exempt) and, given that, each list's first and last key inside its
@@ -104,19 +119,13 @@ MergedDeltas merge_sparse_parts(const char* op, at::TensorList params, at::Tenso
   // sums add the parts in a fixed order (deterministic).
   const auto [sorted, perm] = at::sort(key, /*stable=*/true, 0, false);
   const auto [uniq, inverse, counts] = at::unique_consecutive(sorted, false, true);
+  out.keys = uniq;
   // unsafe: the counts are known positive, and checking them would read them back.
-  const at::Tensor summed = at::segment_reduce(at::cat(vals).index_select(0, perm), "sum", counts,
-                                               std::nullopt, std::nullopt, 0, /*unsafe=*/true);
-  const at::Tensor bounds =
-      at::searchsorted(uniq, host_longs(offsets, device)).to(at::kCPU);  // [n + 1]
+  out.sums = at::segment_reduce(val.index_select(0, perm), "sum", counts, std::nullopt, std::nullopt, 0,
+                                /*unsafe=*/true);
+  const at::Tensor bounds = at::searchsorted(uniq, host_longs(out.key_offsets, device)).to(at::kCPU);
   const int64_t* b = bounds.const_data_ptr<int64_t>();
-  for (size_t i = 0; i < n; ++i) {
-    if (parts[i].empty()) continue;
-    const int64_t start = b[i], count = b[i + 1] - b[i];
-    const at::Tensor local = uniq.narrow(0, start, count);
-    out.indices[i] = offsets[i] == 0 ? local.clone() : local.sub(offsets[i]);
-    out.deltas[i] = summed.narrow(0, start, count);
-  }
+  out.bounds.assign(b, b + n + 1);
   return out;
 }
 
@@ -126,16 +135,15 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> sparse_merge_op(
     at::TensorList params, at::TensorList indices, at::TensorList values, at::IntArrayRef owner,
     at::ArrayRef<double> weights) {
   const auto parts = check_sparse_compose(params, indices, values, owner, weights, "sparse_merge");
-  MergedDeltas merged = merge_sparse_parts("sparse_merge", params, indices, values, weights, parts);
+  const MergedDeltas merged = merge_sparse_parts("sparse_merge", params, indices, values, weights, parts);
+  std::vector<at::Tensor> local(params.size()), sums(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
-    if (!merged.indices[i].defined()) {  // no parts: empty lists, not undefined tensors
-      merged.indices[i] = at::empty({0}, params[i].options().dtype(at::kLong));
-      merged.deltas[i] = at::empty({0}, params[i].options().dtype(merged.acc));
-    } else {
-      merged.deltas[i] = merged.deltas[i].clone();  // own storage, not a slice of the whole
-    }
+    const int64_t start = merged.bounds[i], count = merged.bounds[i + 1] - start;
+    // Own storage per parameter, not slices of the whole.
+    local[i] = merged.keys.narrow(0, start, count).sub(merged.key_offsets[i]);
+    sums[i] = merged.sums.narrow(0, start, count).clone();
   }
-  return {merged.indices, merged.deltas};
+  return {local, sums};
 }
 
 }  // namespace

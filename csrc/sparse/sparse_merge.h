@@ -11,9 +11,12 @@
 namespace peftcore {
 
 struct MergedDeltas {
-  // Per parameter (empty tensors where it has no parts): sorted local indices
-  // (int64) and the summed weighted values (`acc` dtype), slices of two buffers.
-  std::vector<at::Tensor> indices, deltas;
+  // The union of all parameters' indices in one key space (parameter i owns keys
+  // [key_offsets[i], key_offsets[i + 1])), sorted, with the summed weighted values
+  // (`acc` dtype) at each key. Parameter i's entries are positions
+  // [bounds[i], bounds[i + 1]) of both.
+  at::Tensor keys, sums;
+  std::vector<int64_t> key_offsets, bounds;
   at::ScalarType acc;
 };
 
