@@ -146,6 +146,31 @@ def test_from_diff_matches_sorting(sizes, k, seed):
         assert bool((chosen >= kth).all()) and int((mags > kth).sum()) <= k
 
 
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(1, 300), min_size=1, max_size=5), k=st.integers(1, 700),
+       chunk=st.integers(1, 400), dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]),
+       seed=st.integers(0, 2**16))
+def test_chunked_selection_matches_radix_selection_with_ties(sizes, k, chunk, dtype, seed):
+    # The GPU algorithm (chunked topk + tie pass), run on the CPU, must pick exactly
+    # what the CPU radix select picks: ties (many, from rounding; zeros when k is
+    # large) included.
+    from peftcore.sparse.select import select_top_k, select_top_k_chunked
+    gen = torch.Generator().manual_seed(seed)
+    pairs = {}
+    for i, n in enumerate(sizes):
+        t0 = torch.randn(n, generator=gen).to(dtype)
+        step = torch.randn(n, generator=gen).round() * (torch.rand(n, generator=gen) < 0.6)
+        pairs[f"p{i}"] = (t0, (t0.double() + step.double()).to(dtype))
+    k = min(k, sum(sizes))
+    radix, chunked = select_top_k(pairs, k), select_top_k_chunked(pairs, k, chunk=chunk)
+    assert list(radix) == list(chunked)
+    for name in radix:
+        assert torch.equal(radix[name], chunked[name]), name
+    bad = {"a": (torch.zeros(5), torch.tensor([0.0, 1.0, math.inf, 0.0, 0.0]))}
+    with pytest.raises(ValueError, match="non-finite"):
+        select_top_k_chunked(bad, 2, chunk=chunk)
+
+
 def test_from_diff_per_parameter_density_and_errors():
     theta0 = {"a": torch.zeros(100), "b": torch.zeros(10, 10)}
     theta = {"a": torch.randn(100), "b": torch.randn(10, 10)}

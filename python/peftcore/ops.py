@@ -83,31 +83,6 @@ def _lora_linear_backward_fake(
     )
 
 
-def _lora_setup_context(ctx, inputs, output):
-    x, weight, bias, lora_A, lora_B, scaling, dropout_p, dropout_seed = inputs
-    _, hidden = output
-    # x once, in its own dtype, plus the N x r hidden: all that backward reads. x is
-    # only read for dA and dW; when neither is needed (a frozen A, as in MiSS bone),
-    # a zero-storage stand-in carries its shape instead.
-    needs = ctx.needs_input_grad
-    kept_x = x if (needs[1] or needs[3]) else x.new_zeros(()).expand(x.shape)
-    ctx.save_for_backward(kept_x, weight, lora_A, lora_B, hidden, dropout_seed)
-    ctx.scaling = scaling
-    ctx.dropout_p = dropout_p
-    ctx.has_bias = bias is not None
-    ctx.mark_non_differentiable(hidden)
-
-
-def _lora_backward(ctx, grad_out, _grad_hidden):
-    x, weight, lora_A, lora_B, hidden, seed = ctx.saved_tensors
-    needs = ctx.needs_input_grad
-    mask = [needs[0], needs[1], ctx.has_bias and needs[2], needs[3], needs[4]]
-    grads = _ops.lora_linear_backward(
-        grad_out, x, weight, lora_A, lora_B, hidden, ctx.scaling, ctx.dropout_p, seed, mask
-    )
-    return tuple(g if m else None for g, m in zip(grads, mask)) + (None, None, None)
-
-
 def _no_double_backward(op_name: str):
     def backward(ctx, *grads):
         raise RuntimeError(
@@ -122,11 +97,17 @@ def _register_autograd(op_name: str, backward, setup_context) -> None:
     """`op_name`'s autograd formula, and a clear error from its backward op (`op_name` +
     "_backward") when something differentiates through it again."""
     torch.library.register_autograd(op_name, backward, setup_context=setup_context)
-    torch.library.register_autograd(op_name + "_backward", _no_double_backward(op_name + "_backward"),
+    _refuse_double_backward(op_name + "_backward")
+
+
+def _refuse_double_backward(backward_op: str) -> None:
+    torch.library.register_autograd(backward_op, _no_double_backward(backward_op),
                                     setup_context=lambda ctx, inputs, output: None)
 
 
-_register_autograd("peftcore::lora_linear", _lora_backward, _lora_setup_context)
+# lora_linear's autograd formula is C++ (csrc/lora/lora_autograd.cpp: a training
+# step then never enters Python for it); its backward op still refuses double backward.
+_refuse_double_backward("peftcore::lora_linear_backward")
 
 
 # ---------------------------------------------------------------------------- optimizers
