@@ -1,6 +1,7 @@
 // Every peftcore schema, in one place. Backends register kernels with
-// TORCH_LIBRARY_IMPL in csrc/<family>/<family>_{cpu,cuda}; fake (meta) kernels
-// and autograd formulas are registered from python/peftcore/ops.py.
+// TORCH_LIBRARY_IMPL in csrc/<family>/<family>_{cpu,cuda}, the adapter ops'
+// autograd in csrc/common/adapter_autograd.cpp; fake (meta) kernels are
+// registered from python/peftcore/ops.py.
 #include <torch/library.h>
 
 TORCH_LIBRARY(peftcore, m) {

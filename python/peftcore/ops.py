@@ -1,9 +1,9 @@
-"""Typed wrappers over torch.ops.peftcore: fake kernels, autograd formulas, RNG seeds.
+"""Typed wrappers over torch.ops.peftcore: fake kernels, RNG seeds, double-backward errors.
 
 Every op's schema lives in csrc/registration.cpp. This module adds, per op, what
-the compiler and autograd need: a fake (meta) kernel that computes output shapes,
-and the backward formula, which calls the backward op so that the whole graph
-stays inside registered ops under torch.compile.
+the compiler needs: a fake (meta) kernel that computes output shapes. The adapter
+ops' autograd formulas are C++ (csrc/common/adapter_autograd.cpp) and call the
+backward ops, so that the whole graph stays inside registered ops under torch.compile.
 """
 
 from __future__ import annotations
@@ -93,20 +93,14 @@ def _no_double_backward(op_name: str):
     return backward
 
 
-def _register_autograd(op_name: str, backward, setup_context) -> None:
-    """`op_name`'s autograd formula, and a clear error from its backward op (`op_name` +
-    "_backward") when something differentiates through it again."""
-    torch.library.register_autograd(op_name, backward, setup_context=setup_context)
-    _refuse_double_backward(op_name + "_backward")
-
-
 def _refuse_double_backward(backward_op: str) -> None:
     torch.library.register_autograd(backward_op, _no_double_backward(backward_op),
                                     setup_context=lambda ctx, inputs, output: None)
 
 
-# lora_linear's autograd formula is C++ (csrc/lora/lora_autograd.cpp: a training
-# step then never enters Python for it); its backward op still refuses double backward.
+# The adapter ops' autograd formulas are C++ (csrc/common/adapter_autograd.cpp: a
+# training step then never enters Python for them); their backward ops refuse
+# double backward from here.
 _refuse_double_backward("peftcore::lora_linear_backward")
 
 
@@ -192,28 +186,7 @@ def _hydra_linear_backward_fake(grad_out, x, weight, bias, h, A_p, B_p, A_s, B_s
             grad(output_mask[6], B_s))
 
 
-def _hydra_setup_context(ctx, inputs, output):
-    x, weight, bias, A_p, B_p, A_s, B_s, scale_p, scale_s, dropout_p, seed = inputs
-    _, h, hidden_p, hidden_s = output
-    ctx.save_for_backward(x, weight, bias, h, A_p, B_p, A_s, B_s, hidden_p, hidden_s, seed)
-    ctx.scales = (scale_p, scale_s)
-    ctx.dropout_p = dropout_p
-    ctx.present = (bias is not None, A_p is not None, A_s is not None)
-    ctx.mark_non_differentiable(h, hidden_p, hidden_s)
-
-
-def _hydra_backward(ctx, grad_out, _gh, _gp, _gs):
-    x, weight, bias, h, A_p, B_p, A_s, B_s, hidden_p, hidden_s, seed = ctx.saved_tensors
-    needs = ctx.needs_input_grad
-    has_bias, has_p, has_s = ctx.present
-    mask = [needs[0], needs[1], has_bias and needs[2], has_p and needs[3], has_p and needs[4],
-            has_s and needs[5], has_s and needs[6]]
-    grads = _ops.hydra_linear_backward(grad_out, x, weight, bias, h, A_p, B_p, A_s, B_s, hidden_p, hidden_s,
-                                       *ctx.scales, ctx.dropout_p, seed, mask)
-    return tuple(g if m else None for g, m in zip(grads, mask)) + (None, None, None, None)
-
-
-_register_autograd("peftcore::hydra_linear", _hydra_backward, _hydra_setup_context)
+_refuse_double_backward("peftcore::hydra_linear_backward")
 
 
 # ---------------------------------------------------------------------------- MiSS bat
@@ -235,21 +208,7 @@ def _bone_bat_linear_backward_fake(grad_out, x, weight, block, output_mask):
     return tuple(x.new_empty(s if m else (0,)) for s, m in zip(shapes, output_mask))
 
 
-def _bat_setup_context(ctx, inputs, output):
-    x, weight, bias, block = inputs
-    ctx.save_for_backward(x, weight, block)
-    ctx.has_bias = bias is not None
-
-
-def _bat_backward(ctx, grad_out):
-    x, weight, block = ctx.saved_tensors
-    needs = ctx.needs_input_grad
-    mask = [needs[0], needs[1], ctx.has_bias and needs[2], needs[3]]
-    grads = _ops.bone_bat_linear_backward(grad_out, x, weight, block, mask)
-    return tuple(g if m else None for g, m in zip(grads, mask))
-
-
-_register_autograd("peftcore::bone_bat_linear", _bat_backward, _bat_setup_context)
+_refuse_double_backward("peftcore::bone_bat_linear_backward")
 
 
 # ---------------------------------------------------------------------------- MiSS bone / mini
@@ -266,26 +225,7 @@ def _bone_linear_backward_fake(grad_out, x, weight, up, hidden, r, output_mask):
     return tuple(x.new_empty(s if m else (0,)) for s, m in zip(shapes, output_mask))
 
 
-def _bone_setup_context(ctx, inputs, output):
-    x, weight, bias, up, r = inputs
-    _, hidden = output
-    # The N x r block sum, not x: x is read only for dW (a zero-storage stand-in
-    # carries its shape otherwise).
-    kept_x = x if ctx.needs_input_grad[1] else x.new_zeros(()).expand(x.shape)
-    ctx.save_for_backward(kept_x, weight, up, hidden)
-    ctx.has_bias, ctx.r = bias is not None, r
-    ctx.mark_non_differentiable(hidden)
-
-
-def _bone_backward(ctx, grad_out, _grad_hidden):
-    x, weight, up, hidden = ctx.saved_tensors
-    needs = ctx.needs_input_grad
-    mask = [needs[0], needs[1], ctx.has_bias and needs[2], needs[3]]
-    grads = _ops.bone_linear_backward(grad_out, x, weight, up, hidden, ctx.r, mask)
-    return (*(g if m else None for g, m in zip(grads, mask)), None)
-
-
-_register_autograd("peftcore::bone_linear", _bone_backward, _bone_setup_context)
+_refuse_double_backward("peftcore::bone_linear_backward")
 
 
 def bone_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], up: Tensor, r: int) -> Tensor:
