@@ -46,8 +46,9 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, limits: Limits, p
                     params[name].view(-1).index_add_(0, e.indices, -e.values)
 
     handle = apply(model, deltas)  # what apply keeps for an exact revert: union indices + originals
-    kept = {"peftcore": sum(u.untyped_storage().nbytes() + o.untyped_storage().nbytes()
-                            for u, o in handle.saved.values()),
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()  # slices share one buffer
+                for pair in handle.saved.values() for t in pair}
+    kept = {"peftcore": sum(storages.values()),
             "index_add_ loop": 0}  # keeps nothing, and cannot restore 16-bit weights exactly
     revert(model, handle)
     t = time_alternating({"peftcore": peftcore_apply_revert, "index_add_ loop": loop_apply_revert},

@@ -13,7 +13,7 @@ concatenating them. Two algorithms, one tie rule:
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -103,14 +103,26 @@ def _fill_magnitudes(buf: Tensor, flat: list[tuple[Tensor, Tensor]], pieces) -> 
     return buf.narrow(0, 0, at).abs_()
 
 
+def default_chunk(device: torch.device, total: int) -> int:
+    """All magnitudes in one chunk when they take at most 1/8 of the free GPU memory
+    (one topk, and the tie pass reads the buffer instead of the parameters again);
+    CHUNK_ELEMENTS otherwise."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if 4 * total <= free // 8:
+            return max(total, 1)
+    return CHUNK_ELEMENTS
+
+
 def select_top_k_chunked(pairs: Mapping[str, tuple[Tensor, Tensor]], k: int,
-                         chunk: int = CHUNK_ELEMENTS) -> dict[str, Tensor]:
+                         chunk: Optional[int] = None) -> dict[str, Tensor]:
     """`select_top_k` through chunked torch.topk (the GPU algorithm; exact, same tie
     rule). Extra memory: one chunk of float32 plus a pool of 2k values and positions."""
     names = list(pairs)
     flat = [(t0.detach().flatten(), t.detach().flatten()) for t0, t in pairs.values()]
     numels = [f[0].numel() for f in flat]
     device = flat[0][0].device
+    chunk = chunk or default_chunk(device, sum(numels))
     buf = torch.empty(min(chunk, sum(numels)), dtype=torch.float32, device=device)
     pool_v = torch.empty(0, dtype=torch.float32, device=device)
     pool_pos = torch.empty(0, dtype=torch.int64, device=device)
@@ -133,7 +145,9 @@ def select_top_k_chunked(pairs: Mapping[str, tuple[Tensor, Tensor]], k: int,
     # Ties at the threshold, taken in order: count them per piece (one host read),
     # then find the first `ties_left` of them.
     tie_pos = []
-    if ties_left > 0:
+    if ties_left > 0 and chunk >= sum(numels):  # one chunk: its magnitudes are still in buf
+        tie_pos.append(torch.nonzero(mags == threshold).flatten()[:ties_left])
+    elif ties_left > 0:
         counts, spans = [], []
         for chunk_start, pieces in _pieces(numels, chunk):
             mags = _fill_magnitudes(buf, flat, pieces)
