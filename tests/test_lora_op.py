@@ -18,6 +18,7 @@ SHAPES = [
     ((1,), 7, 129, 33),
     ((70,), 40, 1, 1),
     ((2000,), 300, 20, 3),  # many row blocks on the CPU, spread over threads
+    ((3, 667), 50, 30, 5),  # row slabs of the CPU t^T x with a remainder row
 ]
 
 
