@@ -48,6 +48,28 @@ def test_only_masked_entries_ever_change(make_opt):
         torch.testing.assert_close(fresh(x), model(x), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_masked_training_of_a_16_bit_model_keeps_float32_values(dtype):
+    model = mlp().to(dtype)
+    theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    mask = {"2.weight": torch.tensor([0, 7, 300, 65535])}
+    mt = MaskedTraining(model, mask)
+    (values,) = mt.parameters()
+    assert values.dtype == torch.float32 and values.numel() == 4 and not values.any()
+    opt = torch.optim.AdamW(mt.parameters(), lr=0.1, weight_decay=0.0)
+    x = torch.randn(16, 64).to(dtype)
+    for _ in range(3):
+        opt.zero_grad()
+        model(x).float().square().mean().backward()
+        opt.step()
+    assert model[2].weight.dtype == dtype
+    mt.merge()
+    assert isinstance(dict(model.named_parameters())["2.weight"], nn.Parameter)
+    changed = torch.nonzero((model[2].weight != theta0["2.weight"]).flatten()).flatten().tolist()
+    assert changed and set(changed) <= {0, 7, 300, 65535}
+    assert all(torch.equal(p, theta0[n]) for n, p in model.named_parameters() if n != "2.weight")
+
+
 def test_masked_training_rejects_bad_masks():
     model = mlp()
     with pytest.raises(ValueError, match="does not have"):

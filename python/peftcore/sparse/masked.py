@@ -30,8 +30,11 @@ class _SparseReparam(nn.Module):
         flat = self.base.reshape(-1).index_add(0, self.indices, values.to(self.base.dtype))
         return flat.view(self.base.shape)
 
-    def right_inverse(self, weight: Tensor) -> Tensor:  # the starting values: theta - theta0 at the mask
-        return (weight.detach().reshape(-1)[self.indices] - self.base.reshape(-1)[self.indices]).float()
+    def right_inverse(self, weight: Tensor) -> list[Tensor]:
+        # The starting values, theta - theta0 at the mask, in float32 whatever the
+        # weight's dtype (a bf16 model trains fp32 values). As a one-element list:
+        # torch refuses a single returned tensor whose dtype differs from the weight's.
+        return [(weight.detach().reshape(-1)[self.indices] - self.base.reshape(-1)[self.indices]).float()]
 
 
 def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -67,14 +70,13 @@ class MaskedTraining:
             SparseEntry(idx, torch.zeros(idx.numel()), tuple(p.shape), p.dtype).validate(name)
             module, attr = _owner(model, name)
             parametrize.register_parametrization(module, attr, _SparseReparam(p, idx), unsafe=True)
-            original = getattr(module.parametrizations, attr).original
-            original.requires_grad_(True)
+            getattr(module.parametrizations, attr).original0.requires_grad_(True)
             self.entries[name] = (module, attr)
 
     def _reparam(self, name: str) -> tuple[_SparseReparam, nn.Parameter]:
         module, attr = self.entries[name]
         plist = getattr(module.parametrizations, attr)
-        return plist[0], plist.original
+        return plist[0], plist.original0
 
     def parameters(self) -> list[nn.Parameter]:
         """The trainable value vectors, one per masked parameter."""
@@ -101,4 +103,10 @@ class MaskedTraining:
         """Turns the masked parameters back into ordinary ones holding theta0 + delta."""
         for name, (module, attr) in self.entries.items():
             parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
+            # torch leaves a weight computed from several originals as a buffer when it
+            # does not require grad (always, under no_grad): make it a parameter again,
+            # frozen like every other parameter of the masked model.
+            weight = module._buffers.pop(attr, None)
+            if weight is not None:
+                module.register_parameter(attr, nn.Parameter(weight, requires_grad=False))
         self.entries = {}
