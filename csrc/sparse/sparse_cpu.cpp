@@ -1,7 +1,7 @@
-// CPU backend of composable sparse deltas. Phase 1, in parallel over parameters:
-// a linear k-way merge of each parameter's sorted index lists into one union
-// with summed, weighted values, validating order and range. Phase 2 writes only
-// if phase 1 found no error: it saves the original values and adds the delta.
+// CPU backend of composable sparse deltas. Phase 1 checks every index list (order
+// and range). Phase 2, only if all are valid, runs one pass per parameter (in
+// parallel over parameters): a linear merge of its sorted index lists whose final
+// step writes the parameter directly, saving the original values on the way.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -45,72 +45,101 @@ struct WeightedList {
   Acc w;
 };
 
-// Two-pointer merge of sorted unique lists into out_idx / out_val (room for a.n + b.n);
-// equal indices add. Returns the union's length.
-template <typename Acc>
-int64_t merge_two(const WeightedList<Acc>& a, const WeightedList<Acc>& b, int64_t* out_idx, Acc* out_val) {
+// Two-pointer merge of sorted unique lists; equal indices add. For each union entry,
+// in increasing order, it calls emit(n, k, d, i, j): its position n in the union, its
+// index k and summed value d, and the read positions i, j in a and b. Returns the
+// union's length.
+template <typename Acc, typename Emit>
+int64_t merge_two(const WeightedList<Acc>& a, const WeightedList<Acc>& b, const Emit& emit) {
   int64_t i = 0, j = 0, n = 0;
   while (i < a.n && j < b.n) {
     const int64_t x = a.idx[i], y = b.idx[j];
-    out_idx[n] = x < y ? x : y;
-    out_val[n] = (x <= y ? a.w * a.val[i] : Acc(0)) + (y <= x ? b.w * b.val[j] : Acc(0));
+    emit(n++, x < y ? x : y, (x <= y ? a.w * a.val[i] : Acc(0)) + (y <= x ? b.w * b.val[j] : Acc(0)), i, j);
     i += x <= y;
     j += y <= x;
-    ++n;
   }
-  for (; i < a.n; ++i, ++n) out_idx[n] = a.idx[i], out_val[n] = a.w * a.val[i];
-  for (; j < b.n; ++j, ++n) out_idx[n] = b.idx[j], out_val[n] = b.w * b.val[j];
+  for (; i < a.n; ++i) emit(n++, a.idx[i], a.w * a.val[i], i, j);
+  for (; j < b.n; ++j) emit(n++, b.idx[j], b.w * b.val[j], i, j);
   return n;
 }
 
-// One parameter's parts (entry numbers): validated, weighted and merged straight from
-// the inputs into the returned tensors (one pass per merge, no intermediate copies).
+// One parameter's parts (entry numbers), already validated, as weighted lists read in
+// place (values converted to Acc only when they are not Acc already).
 template <typename Acc>
-std::pair<at::Tensor, at::Tensor> merge_parts(const std::vector<int64_t>& parts, at::TensorList indices,
+std::vector<WeightedList<Acc>> weighted_lists(const std::vector<int64_t>& parts, at::TensorList indices,
                                               at::TensorList values, at::ArrayRef<double> weights,
-                                              int64_t numel) {
-  std::vector<at::Tensor> keep;  // contiguous / converted inputs, alive while read
+                                              std::vector<at::Tensor>& keep) {
   std::vector<WeightedList<Acc>> lists;
-  int64_t total = 0;
   for (const int64_t j : parts) {
     const at::Tensor idx_t = indices[j].contiguous();
     const at::Tensor val_t = values[j].to(acc_dtype<Acc>()).contiguous();
-    check_index_list(idx_t.const_data_ptr<int64_t>(), idx_t.numel(), numel, j);
     lists.push_back({idx_t.const_data_ptr<int64_t>(), val_t.const_data_ptr<Acc>(), idx_t.numel(),
                      static_cast<Acc>(weights[j])});
     keep.push_back(idx_t);
     keep.push_back(val_t);
-    total += idx_t.numel();
   }
+  return lists;
+}
+
+// Adds one parameter's parts into it in a single pass: the lists but the last are
+// merged into a scratch union first (ping-pong for three or more), and the final
+// merge writes the parameter directly, saving its original values and the union's
+// indices on the way. Returns (union indices, originals).
+template <typename T>
+std::pair<at::Tensor, at::Tensor> compose_parameter(const at::Tensor& param, const std::vector<int64_t>& parts,
+                                                    at::TensorList indices, at::TensorList values,
+                                                    at::ArrayRef<double> weights) {
+  using Acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
+  std::vector<at::Tensor> keep;  // contiguous / converted inputs, alive while read
+  std::vector<WeightedList<Acc>> lists = weighted_lists<Acc>(parts, indices, values, weights, keep);
+  int64_t total = 0;
+  for (const auto& l : lists) total += l.n;
   const auto idx_opts = indices[parts[0]].options();
-  const auto val_opts = values[parts[0]].options().dtype(acc_dtype<Acc>());
-  at::Tensor union_idx = at::empty({total}, idx_opts), delta = at::empty({total}, val_opts);
+  at::Tensor union_idx = at::empty({total}, idx_opts), originals = at::empty({total}, param.options());
   int64_t* out_idx = union_idx.mutable_data_ptr<int64_t>();
-  Acc* out_val = delta.mutable_data_ptr<Acc>();
+  T* orig = originals.mutable_data_ptr<T>();
+  T* p = param.mutable_data_ptr<T>();
+  // Scattered rows of a large parameter miss the cache: the final pass fetches the
+  // targets of its two lists ahead.
+  WeightedList<Acc> last = lists.back(), acc = lists.front();
+  auto write = [&](int64_t n, int64_t k, Acc d) {
+    const T old = p[k];
+    orig[n] = old;
+    p[k] = static_cast<T>(static_cast<Acc>(old) + d);
+    out_idx[n] = k;
+  };
   int64_t n = 0;
   if (lists.size() == 1) {
-    const auto& a = lists[0];
-    std::copy(a.idx, a.idx + a.n, out_idx);
-    for (int64_t i = 0; i < a.n; ++i) out_val[i] = a.w * a.val[i];
-    n = a.n;
-  } else {
-    // Pairwise: the running union ping-pongs between the output and a scratch pair.
-    at::Tensor scratch_idx = at::empty({total}, idx_opts), scratch_val = at::empty({total}, val_opts);
-    int64_t* dst_idx[2] = {out_idx, scratch_idx.mutable_data_ptr<int64_t>()};
-    Acc* dst_val[2] = {out_val, scratch_val.mutable_data_ptr<Acc>()};
-    // Merge so that the last merge lands in the output: start in slot (k - 2) % 2.
-    int slot = static_cast<int>((lists.size() - 2) % 2);
-    n = merge_two(lists[0], lists[1], dst_idx[slot], dst_val[slot]);
-    for (size_t k = 2; k < lists.size(); ++k) {
-      const WeightedList<Acc> acc{dst_idx[slot], dst_val[slot], n, Acc(1)};
-      slot ^= 1;
-      n = merge_two(acc, lists[k], dst_idx[slot], dst_val[slot]);
+    for (int64_t i = 0; i < acc.n; ++i) {
+      if (i + kPrefetch < acc.n) __builtin_prefetch(p + acc.idx[i + kPrefetch], 1);
+      write(i, acc.idx[i], acc.w * acc.val[i]);
     }
+    n = acc.n;
+  } else {
+    std::vector<int64_t> scratch_idx[2];
+    std::vector<Acc> scratch_val[2];
+    for (size_t k = 1; k + 1 < lists.size(); ++k) {  // lists[0..k] into one union
+      const int slot = static_cast<int>(k & 1);
+      scratch_idx[slot].resize(acc.n + lists[k].n);
+      scratch_val[slot].resize(acc.n + lists[k].n);
+      int64_t* si = scratch_idx[slot].data();
+      Acc* sv = scratch_val[slot].data();
+      const int64_t len = merge_two(acc, lists[k], [&](int64_t m, int64_t key, Acc d, int64_t, int64_t) {
+        si[m] = key, sv[m] = d;
+      });
+      acc = {si, sv, len, Acc(1)};
+    }
+    n = merge_two(acc, last, [&](int64_t m, int64_t key, Acc d, int64_t i, int64_t j) {
+      // The merge advances through both lists: fetch the coming targets of each.
+      if (i + kPrefetch < acc.n) __builtin_prefetch(p + acc.idx[i + kPrefetch], 1);
+      if (j + kPrefetch < last.n) __builtin_prefetch(p + last.idx[j + kPrefetch], 1);
+      write(m, key, d);
+    });
   }
   // Shrinking keeps the storage: at most the overlap count of entries is unused.
   union_idx.resize_({n});
-  delta.resize_({n});
-  return {union_idx, delta};
+  originals.resize_({n});
+  return {union_idx, originals};
 }
 
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> sparse_compose_cpu(
@@ -118,39 +147,24 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> sparse_compose_cpu(
     at::ArrayRef<double> weights) {
   const auto parts = check_sparse_compose(params, indices, values, owner, weights);
   const int64_t n = static_cast<int64_t>(params.size());
-  std::vector<at::Tensor> unions(n), deltas(n), originals(n);
+  // Every index list is checked (order and range) before anything is written.
+  at::parallel_for(0, static_cast<int64_t>(indices.size()), 1, [&](int64_t b, int64_t e) {
+    for (int64_t j = b; j < e; ++j) {
+      const at::Tensor idx_t = indices[j].contiguous();
+      check_index_list(idx_t.const_data_ptr<int64_t>(), idx_t.numel(), params[owner[j]].numel(), j);
+    }
+  });
+  // Then one pass per parameter. Union indices are unique: no two writes collide.
+  std::vector<at::Tensor> unions(n), originals(n);
   at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       if (parts[i].empty()) {
         unions[i] = at::empty({0}, params[i].options().dtype(at::kLong));
+        originals[i] = at::empty({0}, params[i].options());
         continue;
       }
-      std::tie(unions[i], deltas[i]) =
-          params[i].scalar_type() == at::kDouble
-              ? merge_parts<double>(parts[i], indices, values, weights, params[i].numel())
-              : merge_parts<float>(parts[i], indices, values, weights, params[i].numel());
-    }
-  });
-  // Every index list is valid: now write. Indices are unique, so no two writes collide.
-  at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      const at::Tensor& param = params[i];
-      originals[i] = at::empty({unions[i].numel()}, param.options());
-      if (unions[i].numel() == 0) continue;
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, param.scalar_type(), "sparse_compose_", [&] {
-        using Acc = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-        scalar_t* p = param.mutable_data_ptr<scalar_t>();
-        scalar_t* orig = originals[i].mutable_data_ptr<scalar_t>();
-        const int64_t* ix = unions[i].const_data_ptr<int64_t>();
-        const Acc* dv = deltas[i].const_data_ptr<Acc>();
-        const int64_t count = unions[i].numel();
-        for (int64_t j = 0; j < count; ++j) {
-          // Scattered rows of a large parameter miss the cache: fetch ahead.
-          if (j + kPrefetch < count) __builtin_prefetch(p + ix[j + kPrefetch], 1);
-          const scalar_t old = p[ix[j]];
-          orig[j] = old;
-          p[ix[j]] = static_cast<scalar_t>(static_cast<Acc>(old) + dv[j]);
-        }
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[i].scalar_type(), "sparse_compose_", [&] {
+        std::tie(unions[i], originals[i]) = compose_parameter<scalar_t>(params[i], parts[i], indices, values, weights);
       });
     }
   });
