@@ -1,12 +1,17 @@
 // MiSS "bat" on any device: written once over ATen (GEMMs on MKL / cuBLAS) and
-// registered as CompositeExplicitAutograd, with autograd from python/peftcore/ops.py.
+// registered as CompositeExplicitAutograd, with autograd in common/adapter_autograd.cpp.
 //
 // W' = blockwise W_ij (I + b_i) + b_i is one batched GEMM into a single out x in
 // temporary. Backward needs db_i = Σ_j (W_ij + I)^T dW'_ij with dW' = G^T x; it
-// takes dW' a band of output rows at a time (at most kBandRows x in), contracts the
-// band's r x r tiles with (W + I) at once, and drops it, so the out x in weight
-// gradient that HF PEFT's autograd materialises is never formed.
+// takes dW' a band of output rows at a time, contracts the band's r x r tiles with W
+// at once (the identity's share is a sum of dW' tiles), and drops it, so the out x
+// in weight gradient that HF PEFT's autograd materialises is formed whole only when
+// it is small. Band: 512 rows on the CPU (cache-sized); on a GPU up to 16M elements
+// of dW', because each band's contraction is a batch of r x r products with a long
+// inner dimension, which a GPU runs well only with many blocks in the batch (on an
+// H200 512-row bands left bat at 0.80-0.96x HF PEFT's speed).
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/baddbmm.h>
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/eye.h>
@@ -22,7 +27,14 @@
 namespace peftcore {
 namespace {
 
-constexpr int64_t kBandRows = 512;
+constexpr int64_t kCpuBandRows = 512;
+constexpr int64_t kGpuBandElements = int64_t{1} << 24;
+
+// Output rows of dW' per band, a multiple of r.
+int64_t band_rows(const at::Tensor& x, int64_t in, int64_t r) {
+  const int64_t rows = x.device().is_cpu() ? kCpuBandRows : kGpuBandElements / std::max<int64_t>(in, 1);
+  return std::max<int64_t>(1, rows / r) * r;
+}
 
 struct BatDims {
   int64_t rows, in, out, r;
@@ -86,16 +98,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bone_bat_linear_backw
     const int64_t r = d.r, ib = d.in / r, ob = d.out / r;
     const bool low = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
     grad_block = at::empty({ob, r, r}, block.options().dtype(low ? at::kFloat : block.scalar_type()));
-    const at::Tensor eye = at::eye(r, weight.options()).view({1, r, 1, r});
-    const int64_t band_blocks = std::max<int64_t>(1, kBandRows / r);
+    const int64_t band_blocks = band_rows(x, d.in, r) / r;
     for (int64_t i0 = 0; i0 < ob; i0 += band_blocks) {
       const int64_t nb = std::min(band_blocks, ob - i0);
       // dW' for this band of output rows only: [nb * r, in].
       const at::Tensor dw = at::mm(g.narrow(1, i0 * r, nb * r).t(), x2);
-      const at::Tensor w_plus_i = weight.narrow(0, i0 * r, nb * r).reshape({nb, r, ib, r}).add(eye);
+      const at::Tensor w_band = weight.narrow(0, i0 * r, nb * r).reshape({nb, r * ib, r});
       // db_i[c, d] = Σ_{a, j} (W + I)[i, a, j, c] dW'[i, a, j, d]
-      const at::Tensor part = at::bmm(w_plus_i.reshape({nb, r * ib, r}).transpose(1, 2), dw.view({nb, r * ib, r}));
-      grad_block.narrow(0, i0, nb).copy_(part);
+      //            = Σ_{a, j} W[i, a, j, c] dW'[i, a, j, d] + Σ_j dW'[i, c, j, d]
+      const at::Tensor identity_part = dw.view({nb, r, ib, r}).sum(2);
+      grad_block.narrow(0, i0, nb).copy_(at::baddbmm(identity_part, w_band.transpose(1, 2), dw.view({nb, r * ib, r})));
     }
     if (low) grad_block = grad_block.to(block.scalar_type());
   }
