@@ -91,6 +91,31 @@ __device__ __forceinline__ void block_range(const ListMeta<Depth>& meta, int& t,
   end = begin + kChunk < meta.numel[t] ? begin + kChunk : meta.numel[t];
 }
 
+// Visits this thread's elements of [begin, end) in the order of the plain
+// block-stride loop (so per-thread sums are bit-identical to it), kIlp at a time:
+// load(k, i) for all kIlp elements first, then use(k, i). Each thread then keeps
+// kIlp independent loads in flight; one at a time left an H200 at 28-34% of its
+// copy bandwidth on a 1B-parameter LAMB/LARS step. For fixed k the warp's loads
+// stay coalesced, and no alignment is assumed.
+constexpr int kIlp = 4;
+
+template <typename Load, typename Use>
+__device__ __forceinline__ void ilp_loop(int64_t begin, int64_t end, const Load& load, const Use& use) {
+  const int64_t stride = blockDim.x;
+  for (int64_t base = begin + threadIdx.x; base < end; base += stride * kIlp) {
+#pragma unroll
+    for (int k = 0; k < kIlp; ++k) {
+      const int64_t i = base + k * stride;
+      if (i < end) load(k, i);
+    }
+#pragma unroll
+    for (int k = 0; k < kIlp; ++k) {
+      const int64_t i = base + k * stride;
+      if (i < end) use(k, i);
+    }
+  }
+}
+
 // ---------------------------------------------------------------- sums of squares
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
@@ -101,11 +126,9 @@ __global__ void __launch_bounds__(kThreads)
   int64_t begin, end;
   block_range(meta, t, begin, end);
   const T* x = static_cast<const T*>(meta.ptr[0][t]);
-  C acc = 0;
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-    const C v = static_cast<C>(x[i]);
-    acc += v * v;
-  }
+  C acc = 0, xv[kIlp];
+  ilp_loop(begin, end, [&](int k, int64_t i) { xv[k] = static_cast<C>(x[i]); },
+           [&](int k, int64_t) { acc += xv[k] * xv[k]; });
   acc = block_sum(acc, scratch);
   if (threadIdx.x == 0) partial[meta.block_global_chunk[blockIdx.x]] = acc;
 }
@@ -139,16 +162,22 @@ __global__ void __launch_bounds__(kThreads)
   C* v = static_cast<C*>(meta.ptr[3][t]);
   const auto s = optim::lamb_scalars<C>(h, static_cast<double>(*step));
   const C div = static_cast<C>(*divisor);
-  C psq = 0, usq = 0;
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-    const C pi = static_cast<C>(p[i]);
-    C mi = m[i], vi = v[i];
-    const C u = optim::lamb_moments(static_cast<C>(g[i]) / div, pi, mi, vi, s);
-    m[i] = mi;
-    v[i] = vi;
-    psq += pi * pi;
-    usq += u * u;
-  }
+  C psq = 0, usq = 0, pv[kIlp], gv[kIlp], mv[kIlp], vv[kIlp];
+  ilp_loop(
+      begin, end,
+      [&](int k, int64_t i) {
+        pv[k] = static_cast<C>(p[i]);
+        gv[k] = static_cast<C>(g[i]);
+        mv[k] = m[i];
+        vv[k] = v[i];
+      },
+      [&](int k, int64_t i) {
+        const C u = optim::lamb_moments(gv[k] / div, pv[k], mv[k], vv[k], s);
+        m[i] = mv[k];
+        v[i] = vv[k];
+        psq += pv[k] * pv[k];
+        usq += u * u;
+      });
   store_partial_pair(psq, usq, scratch, meta, partial, total_chunks);
 }
 
@@ -172,11 +201,18 @@ __global__ void __launch_bounds__(kThreads)
                                 static_cast<C>(h.min_trust))
                           : C(1);
   const C neg_lr = -static_cast<C>(*lr);
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-    const C pi = static_cast<C>(p[i]);
-    const C u = optim::lamb_update(pi, m[i], v[i], s) * ratio;
-    p[i] = static_cast<P>(pi + neg_lr * u);
-  }
+  C pv[kIlp], mv[kIlp], vv[kIlp];
+  ilp_loop(
+      begin, end,
+      [&](int k, int64_t i) {
+        pv[k] = static_cast<C>(p[i]);
+        mv[k] = m[i];
+        vv[k] = v[i];
+      },
+      [&](int k, int64_t i) {
+        const C u = optim::lamb_update(pv[k], mv[k], vv[k], s) * ratio;
+        p[i] = static_cast<P>(pv[k] + neg_lr * u);
+      });
 }
 
 // ---------------------------------------------------------------- LARS
@@ -193,12 +229,18 @@ __global__ void __launch_bounds__(kThreads)
   const P* p = static_cast<const P*>(meta.ptr[0][t]);
   const G* g = static_cast<const G*>(meta.ptr[1][t]);
   const C div = static_cast<C>(*divisor);
-  C psq = 0, gsq = 0;
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-    const C pi = static_cast<C>(p[i]), gi = static_cast<C>(g[i]) / div;
-    psq += pi * pi;
-    gsq += gi * gi;
-  }
+  C psq = 0, gsq = 0, pv[kIlp], gv[kIlp];
+  ilp_loop(
+      begin, end,
+      [&](int k, int64_t i) {
+        pv[k] = static_cast<C>(p[i]);
+        gv[k] = static_cast<C>(g[i]);
+      },
+      [&](int k, int64_t) {
+        const C gi = gv[k] / div;
+        psq += pv[k] * pv[k];
+        gsq += gi * gi;
+      });
   store_partial_pair(psq, gsq, scratch, meta, partial, total_chunks);
 }
 
@@ -224,17 +266,25 @@ __global__ void __launch_bounds__(kThreads)
   const C wd = static_cast<C>(h.weight_decay), mom = static_cast<C>(h.momentum);
   const C damp = static_cast<C>(1.0 - h.dampening);
   const bool first = meta.flag[t] != 0;
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-    const C pi = static_cast<C>(p[i]);
-    C d = static_cast<C>(g[i]) / div;
-    if (h.adapt) d = (d + wd * pi) * ratio;
-    if (h.use_momentum) {
-      const C b = first ? d : buf[i] * mom + damp * d;
-      buf[i] = b;
-      d = h.nesterov ? d + mom * b : b;
-    }
-    p[i] = static_cast<P>(pi - lr_v * d);
-  }
+  const bool read_buf = h.use_momentum && !first;
+  C pv[kIlp], gv[kIlp], bv[kIlp];
+  ilp_loop(
+      begin, end,
+      [&](int k, int64_t i) {
+        pv[k] = static_cast<C>(p[i]);
+        gv[k] = static_cast<C>(g[i]);
+        bv[k] = read_buf ? buf[i] : C(0);
+      },
+      [&](int k, int64_t i) {
+        C d = gv[k] / div;
+        if (h.adapt) d = (d + wd * pv[k]) * ratio;
+        if (h.use_momentum) {
+          const C b = first ? d : bv[k] * mom + damp * d;
+          buf[i] = b;
+          d = h.nesterov ? d + mom * b : b;
+        }
+        p[i] = static_cast<P>(pv[k] - lr_v * d);
+      });
 }
 
 }  // namespace peftcore::optim_kernels
