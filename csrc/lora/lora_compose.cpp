@@ -59,8 +59,8 @@ std::tuple<at::Tensor, at::Tensor> lora_forward(const LoraSkinnyOps& ops, const 
     const at::Tensor w = merged_weight(weight, lora_A, lora_B, scaling);
     y = has_bias ? at::addmm(*bias, x2, w.t()) : at::mm(x2, w.t());
   } else {
-    y = contiguous_result(has_bias ? at::addmm(*bias, x2, weight.t()) : at::mm(x2, weight.t()));
-    ops.expand_add_(y, hidden, lora_B);
+    y = contiguous_result(has_bias ? at::addmm(*bias, hidden, lora_B.t()) : at::mm(hidden, lora_B.t()));
+    y.addmm_(x2, weight.t());
   }
   return {contiguous_result(y).view(with_last_dim(x, d.out)), hidden};
 }
@@ -79,18 +79,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_back
   const bool merged = use_merged_weight(d, x, dropout_p);
 
   at::Tensor grad_x;
-  if (output_mask[0]) {
-    grad_x = contiguous_result(
-        at::mm(g2, merged ? merged_weight(weight, lora_A, lora_B, scaling) : weight));
+  if (output_mask[0] && merged) {
+    grad_x = contiguous_result(at::mm(g2, merged_weight(weight, lora_A, lora_B, scaling)));
   }
-  // The adapter's own passes over G and x; they also add m∘(T A) into grad_x
-  // unless the merged weight already did.
+  // The adapter's own passes over G and x; unless the merged weight serves, they
+  // also write m∘(T A) as grad_x, which the large GEMM then adds G W into.
   at::Tensor* lora_dx = (output_mask[0] && !merged) ? &grad_x : nullptr;
   LoraSkinnyGrads adapter;
   if (lora_dx != nullptr || output_mask[3] || output_mask[4]) {
     adapter = ops.backward(g2, x2, lora_hidden, lora_A, lora_B, scaling / (1.0 - dropout_p),
                            ptr(spec), lora_dx, output_mask[3], output_mask[4]);
   }
+  if (lora_dx != nullptr) grad_x.addmm_(g2, weight);
   return {
       output_mask[0] ? grad_x.view(x.sizes()) : empty_grad(x),
       output_mask[1] ? at::mm(g2.t(), x2) : empty_grad(x),

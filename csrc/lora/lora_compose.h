@@ -3,11 +3,15 @@
 // hand-written kernels). The large GEMMs go through ATen (MKL/oneDNN, cuBLAS).
 //
 //   forward   hidden = s' (m∘x) A^T                 [N, r]   (s' = s / (1 - p))
-//             y      = x W^T + b;  y += hidden B^T         (into y's buffer)
+//             y      = hidden B^T + b;  y += x W^T         (into y's buffer)
 //   backward  T  = s' G B                           [N, r]
 //             dB = G^T hidden                       [out, r]
 //             dA = T^T (m∘x)                        [r, in]
-//             dx = G W;  dx += m∘(T A)                     (into dx's buffer)
+//             dx = m∘(T A);  dx += G W                     (into dx's buffer)
+// The skinny term is written first and the large GEMM adds into it (beta = 1): the
+// GEMM reads its C operand tile by tile while it is compute-bound, where adding the
+// skinny term afterwards would be one more read-modify-write pass over [N, out] or
+// [N, in].
 //             dW = G^T x,  db = Σ_rows G            (only when asked for)
 // m is the dropout keep-mask regenerated from the seed; it never outlives a block.
 //
@@ -44,7 +48,8 @@ struct LoraSkinnyOps {
   void (*expand_add_)(at::Tensor& y, const at::Tensor& h, const at::Tensor& B);
   // The adapter part of backward. With T = scale * G B:
   //   grad_A = T^T (m∘x) (if want_A), grad_B = G^T hidden (if want_B), and, when
-  //   grad_x is given, grad_x += m∘(T A) in place (grad_x [N, in] contiguous).
+  //   grad_x is given: grad_x += m∘(T A) in place if it is defined (grad_x [N, in]
+  //   contiguous), else *grad_x = m∘(T A), a new contiguous [N, in] tensor.
   LoraSkinnyGrads (*backward)(const at::Tensor& grad_out, const at::Tensor& x,
                               const at::Tensor& hidden, const at::Tensor& A, const at::Tensor& B,
                               double scale, const DropoutSpec* dropout, at::Tensor* grad_x,

@@ -56,6 +56,14 @@ class BlockedDropout {
     return out;
   }
 
+  // dst = src ∘ keep for the current block.
+  void copy_masked(at::Tensor& dst, const at::Tensor& src) {
+    at::parallel_for(0, src.size(0), 16, [&](int64_t r0, int64_t r1) {
+      at::Tensor d = dst.narrow(0, r0, r1 - r0);
+      masked_copy(src.narrow(0, r0, r1 - r0), keep_.data() + r0 * cols_, d);
+    });
+  }
+
   // dst += src ∘ keep for the current block (dst contiguous).
   void add_masked(at::Tensor& dst, const at::Tensor& src) {
     at::parallel_for(0, src.size(0), 16, [&](int64_t r0, int64_t r1) {
@@ -136,6 +144,9 @@ LoraSkinnyGrads backward_cpu(const at::Tensor& g, const at::Tensor& x, const at:
   at::Tensor grad_a = want_A ? at::zeros({rank, in}, acc_options) : at::Tensor();
   at::Tensor grad_b_t = want_B ? at::zeros({rank, out}, acc_options) : at::Tensor();
   const bool need_t = want_A || grad_x != nullptr;
+  // Written rather than added to when the caller passes an undefined grad_x.
+  const bool write_dx = grad_x != nullptr && !grad_x->defined();
+  if (write_dx) *grad_x = at::empty({n, in}, x.options());
   const at::Tensor b_rows = need_t ? B.t().contiguous() : at::Tensor();  // [r, out]
   at::Tensor t = need_t ? at::empty({n, rank}, x.options()) : at::Tensor();
 
@@ -152,8 +163,12 @@ LoraSkinnyGrads backward_cpu(const at::Tensor& g, const at::Tensor& x, const at:
     }
     if (grad_x != nullptr) {
       at::Tensor dx_block = grad_x->narrow(0, row0, rows);
-      if (masked) {
+      if (masked && write_dx) {
+        masked->copy_masked(dx_block, at::mm(t_block, A));
+      } else if (masked) {
         masked->add_masked(dx_block, at::mm(t_block, A));
+      } else if (write_dx) {
+        at::mm_out(dx_block, t_block, A);
       } else {
         dx_block.addmm_(t_block, A);
       }

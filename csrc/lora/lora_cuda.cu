@@ -16,6 +16,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <type_traits>
+
 #include "common/philox.h"
 #include "hydra/hydra_compose.h"
 #include "lora/lora_compose.h"
@@ -46,32 +48,46 @@ int sm_count(const at::Device& device) {
   return sms;
 }
 
+// Launches one of the Philox mask kernels over `like`'s elements:
+// launch(T* tag, blocks, stream, device_dropout) with T the element type.
+template <typename Launch>
+void launch_mask_kernel(const at::Tensor& like, const DropoutSpec& dropout, const Launch& launch) {
+  if (like.numel() == 0) return;
+  const KernelDropout drop = kernel_dropout(dropout);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const unsigned blocks = k::mask_blocks(like.numel(), sm_count(like.device()));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, like.scalar_type(), "lora_mask_kernel_cuda",
+                                  [&] { launch(static_cast<scalar_t*>(nullptr), blocks, stream, drop.device); });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 // m∘x for a contiguous copy of x, written into `out` (same shape, contiguous).
 void masked_copy(const at::Tensor& x, const DropoutSpec& dropout, at::Tensor& out) {
   const at::Tensor xc = x.contiguous();
-  if (xc.numel() == 0) return;
-  const KernelDropout drop = kernel_dropout(dropout);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const unsigned blocks = k::mask_blocks(xc.numel(), sm_count(x.device()));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lora_masked_copy_cuda", [&] {
-    k::masked_copy_kernel<scalar_t><<<blocks, k::kMaskThreads, 0, stream>>>(
-        xc.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), xc.numel(), drop.device);
+  launch_mask_kernel(xc, dropout, [&](auto* tag, unsigned blocks, cudaStream_t stream, k::DeviceDropout d) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    k::masked_copy_kernel<T><<<blocks, k::kMaskThreads, 0, stream>>>(xc.const_data_ptr<T>(),
+                                                                       out.mutable_data_ptr<T>(), xc.numel(), d);
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// dst = m∘dst in place (dst contiguous): only the dropped elements are written.
+void zero_dropped_(at::Tensor& dst, const DropoutSpec& dropout) {
+  TORCH_INTERNAL_ASSERT(dst.is_contiguous(), "zero_dropped_: contiguous operand");
+  launch_mask_kernel(dst, dropout, [&](auto* tag, unsigned blocks, cudaStream_t stream, k::DeviceDropout d) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    k::zero_dropped_kernel<T><<<blocks, k::kMaskThreads, 0, stream>>>(dst.mutable_data_ptr<T>(), dst.numel(), d);
+  });
 }
 
 // dst += m∘src, dst and src contiguous [N, K].
 void masked_add_(at::Tensor& dst, const at::Tensor& src, const DropoutSpec& dropout) {
   TORCH_INTERNAL_ASSERT(dst.is_contiguous() && src.is_contiguous(), "masked_add_: contiguous operands");
-  if (dst.numel() == 0) return;
-  const KernelDropout drop = kernel_dropout(dropout);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const unsigned blocks = k::mask_blocks(dst.numel(), sm_count(dst.device()));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dst.scalar_type(), "lora_masked_add_cuda", [&] {
-    k::masked_add_kernel<scalar_t><<<blocks, k::kMaskThreads, 0, stream>>>(
-        dst.mutable_data_ptr<scalar_t>(), src.const_data_ptr<scalar_t>(), dst.numel(), drop.device);
+  launch_mask_kernel(dst, dropout, [&](auto* tag, unsigned blocks, cudaStream_t stream, k::DeviceDropout d) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    k::masked_add_kernel<T><<<blocks, k::kMaskThreads, 0, stream>>>(dst.mutable_data_ptr<T>(),
+                                                                      src.const_data_ptr<T>(), dst.numel(), d);
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // scale * (m∘x) A^T -> [N, r]; the scale is applied to the N x r result.
@@ -106,7 +122,13 @@ LoraSkinnyGrads backward_cuda(const at::Tensor& g, const at::Tensor& x, const at
   if (scale != 1.0) t.mul_(scale);
   if (dropout == nullptr) {
     if (want_A) grads.grad_A = at::mm(t.t(), x);
-    if (grad_x != nullptr) grad_x->addmm_(t, A);
+    if (grad_x != nullptr) {
+      if (grad_x->defined()) {
+        grad_x->addmm_(t, A);
+      } else {
+        *grad_x = at::mm(t, A);
+      }
+    }
     return grads;
   }
   // One N x in buffer serves the masked x for dA, then T A for dx.
@@ -117,7 +139,12 @@ LoraSkinnyGrads backward_cuda(const at::Tensor& g, const at::Tensor& x, const at
   }
   if (grad_x != nullptr) {
     at::mm_out(buffer, t, A);
-    masked_add_(*grad_x, buffer, *dropout);
+    if (grad_x->defined()) {
+      masked_add_(*grad_x, buffer, *dropout);
+    } else {
+      zero_dropped_(buffer, *dropout);
+      *grad_x = buffer;
+    }
   }
   return grads;
 }

@@ -64,6 +64,15 @@ __global__ void __launch_bounds__(kMaskThreads)
   for_each_with_mask(numel, load_mask(drop), [&](int64_t i, bool kept) { dst[i] = kept ? src[i] : T(0); });
 }
 
+// dst[i] = 0 where element i is dropped; kept elements are neither read nor written.
+template <typename T>
+__global__ void __launch_bounds__(kMaskThreads)
+    zero_dropped_kernel(T* __restrict__ dst, int64_t numel, DeviceDropout drop) {
+  for_each_with_mask(numel, load_mask(drop), [&](int64_t i, bool kept) {
+    if (!kept) dst[i] = T(0);
+  });
+}
+
 // dst[i] += keep(i) ? src[i] : 0, summed in the accumulation type.
 template <typename T>
 __global__ void __launch_bounds__(kMaskThreads)
