@@ -46,6 +46,15 @@ void add_to_blocks_(at::Tensor& dx, const at::Tensor& t, int64_t r) {
   if (rem > 0) dx.narrow(1, full * r, rem).add_(t.narrow(1, 0, rem));
 }
 
+// dx[n, k r + j] = t[n, j] for every block k: a new contiguous [N, in].
+at::Tensor blocks_of(const at::Tensor& t, int64_t in, int64_t r) {
+  const int64_t n = t.size(0), full = in / r, rem = in % r;
+  at::Tensor dx = at::empty({n, in}, t.options());
+  if (full > 0) dx.narrow(1, 0, full * r).view({n, full, r}).copy_(t.unsqueeze(1));
+  if (rem > 0) dx.narrow(1, full * r, rem).copy_(t.narrow(1, 0, rem));
+  return dx;
+}
+
 // W + up S, S the block-sum matrix: up added to every r-column block of W (the
 // last partial block takes up's first in % r columns). An elementwise pass over W.
 at::Tensor merged_weight(const at::Tensor& weight, const at::Tensor& up, int64_t r) {
@@ -70,10 +79,18 @@ std::tuple<at::Tensor, at::Tensor> bone_linear(const at::Tensor& x, const at::Te
   check_linear_bias("bone_linear", bias, d.out, x);
   const at::Tensor x2 = x.reshape({d.rows, d.in});
   const bool merged = use_merged_weight(d, x);
-  const at::Tensor w = merged ? merged_weight(weight, up, r) : weight;
-  at::Tensor y = (bias.has_value() && bias->defined()) ? at::addmm(*bias, x2, w.t()) : at::mm(x2, w.t());
+  const bool has_bias = bias.has_value() && bias->defined();
   at::Tensor hidden = block_sum(x2, r);  // saved for grad_up
-  if (!merged) y.addmm_(hidden, up.t());
+  at::Tensor y;
+  if (merged) {
+    const at::Tensor w = merged_weight(weight, up, r);
+    y = has_bias ? at::addmm(*bias, x2, w.t()) : at::mm(x2, w.t());
+  } else {
+    // The skinny term first, then the large GEMM adds into it (beta = 1): no extra
+    // read-modify-write pass over y (as in lora_linear).
+    y = has_bias ? at::addmm(*bias, hidden, up.t()) : at::mm(hidden, up.t());
+    y.addmm_(x2, weight.t());
+  }
   if (!y.is_contiguous()) y = y.contiguous();
   return {y.view(with_last_dim(x, d.out)), hidden};
 }
@@ -92,9 +109,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bone_linear_backward(
     if (use_merged_weight(d, x)) {
       grad_x = at::mm(g, merged_weight(weight, up, r));
     } else {
-      grad_x = at::mm(g, weight);
-      if (!grad_x.is_contiguous()) grad_x = grad_x.contiguous();
-      add_to_blocks_(grad_x, at::mm(g, up), r);
+      // (G up) written into every block of dx, then the large GEMM adds G W into it.
+      grad_x = blocks_of(at::mm(g, up), d.in, r);
+      grad_x.addmm_(g, weight);
     }
     grad_x = grad_x.view(x.sizes());
   }
