@@ -13,7 +13,7 @@ hydra_bwd = torch.ops.peftcore.hydra_linear_backward
 
 # (leading shape, in, out, r_p, r_s): odd sizes, one branch off, many CPU row blocks.
 SHAPES = [((5,), 7, 3, 2, 1), ((2, 3), 1, 1, 1, 1), ((33,), 127, 65, 8, 0), ((17,), 40, 33, 0, 5),
-          ((1200,), 300, 20, 3, 4)]
+          ((1200,), 300, 20, 3, 4), ((3, 401), 50, 30, 2, 3)]  # last: CPU row slabs with a remainder
 
 
 def make(lead, n_in, n_out, rp, rs, dtype, device, bias=True):

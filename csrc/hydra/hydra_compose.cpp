@@ -7,6 +7,7 @@
 #include <ATen/ops/sum.h>
 #include <c10/core/DeviceGuard.h>
 
+#include "common/tn_product.h"
 #include "hydra/hydra_checks.h"
 #include "lora/lora_checks.h"
 
@@ -83,18 +84,18 @@ HydraBackward backward_no_dropout(const HydraDims& d, const at::Tensor& g, const
     if (rs > 0) t.narrow(1, rp, rs).mul_(scale_s);
   }
   const bool need_q = mask[3] || (rs > 0 && (mask[1] || mask[5]));
-  if (need_q) q = at::mm(t.t(), x2);  // [r_p + r_s, in]
+  if (need_q) q = tn_product(t, x2, t.scalar_type());  // [r_p + r_s, in]
   const at::Tensor t_s = (need_t && rs > 0) ? t.narrow(1, rp, rs) : at::Tensor();
   const at::Tensor q_s = (need_q && rs > 0) ? q.narrow(0, rp, rs) : at::Tensor();
 
   at::Tensor grad_x = empty_grad(x), grad_w = empty_grad(x), grad_b = empty_grad(x);
   at::Tensor grad_ap = empty_grad(x), grad_bp = empty_grad(x), grad_as = empty_grad(x), grad_bs = empty_grad(x);
   if (mask[0]) {
-    grad_x = at::mm(g, weight);
-    if (!grad_x.is_contiguous()) grad_x = grad_x.contiguous();
+    // The skinny term first, then the large GEMM adds into it (beta = 1; see lora_compose.h).
     const at::Tensor as_w = rs > 0 ? at::mm(*A_s, weight) : at::Tensor();  // [r_s, in]
     const at::Tensor m = rp > 0 && rs > 0 ? at::cat({*A_p, as_w}, 0) : (rp > 0 ? *A_p : as_w);
-    grad_x.addmm_(t, m);
+    grad_x = at::mm(t, m);
+    grad_x.addmm_(g, weight);
     grad_x = grad_x.view(x.sizes());
   }
   if (mask[1]) {
@@ -106,7 +107,7 @@ HydraBackward backward_no_dropout(const HydraDims& d, const at::Tensor& g, const
     if (rs > 0) grad_b.add_(at::mm(at::sum(t_s, {0}, true), *A_s).squeeze(0));
   }
   if (mask[4] || mask[6]) {
-    const at::Tensor db = at::mm(g.t(), side_by_side(d, hidden_p, hidden_s));  // [out, r_p + r_s]
+    const at::Tensor db = tn_product(g, side_by_side(d, hidden_p, hidden_s), g.scalar_type());  // [out, r_p + r_s]
     if (mask[4]) grad_bp = db.narrow(1, 0, rp).contiguous();
     if (mask[6]) grad_bs = db.narrow(1, rp, rs).contiguous();
   }

@@ -6,9 +6,7 @@
 // dropout the rows go in blocks whose keep-mask is regenerated once and serves
 // both dA and dx, so no mask or masked copy outlives a block.
 #include <ATen/Parallel.h>
-#include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/sum.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -16,6 +14,7 @@
 #include <vector>
 
 #include "common/dropout_cpu.h"
+#include "common/tn_product.h"
 #include "hydra/hydra_compose.h"
 #include "lora/lora_compose.h"
 
@@ -86,29 +85,8 @@ void skinny_nt(const at::Tensor& x, const at::Tensor& a, double alpha, at::Tenso
 }
 
 // acc += t^T x; acc is float32 when t and x are 16-bit.
-void skinny_tn_acc_whole(const at::Tensor& t, const at::Tensor& x, at::Tensor& acc) {
-  if (acc.scalar_type() == x.scalar_type()) {
-    acc.addmm_(t.t(), x);
-  } else {
-    acc.add_(at::mm(t.t(), x));
-  }
-}
-
-// The same product cut into row slabs, one batched GEMM, summed after. With its long
-// inner dimension and [r, cols] result, MKL ran t^T x at 33-44% of the large GEMM's
-// FLOP rate here (2 cores); as 4 slabs, 1.5-1.8x faster (N=4096, 1024 cols, r=16).
 void skinny_tn_acc(const at::Tensor& t, const at::Tensor& x, at::Tensor& acc) {
-  const int64_t rows = t.size(0);
-  const int64_t slabs = std::min<int64_t>(2 * at::get_num_threads(), rows / 64);
-  if (slabs < 2) {
-    skinny_tn_acc_whole(t, x, acc);
-    return;
-  }
-  const int64_t main = rows - rows % slabs, per = main / slabs;
-  const at::Tensor parts = at::bmm(t.narrow(0, 0, main).view({slabs, per, t.size(1)}).transpose(1, 2),
-                                   x.narrow(0, 0, main).view({slabs, per, x.size(1)}));
-  acc.add_(at::sum(parts, {0}, false, acc.scalar_type()));
-  if (main < rows) skinny_tn_acc_whole(t.narrow(0, main, rows - main), x.narrow(0, main, rows - main), acc);
+  acc.add_(tn_product(t, x, acc.scalar_type()));
 }
 
 at::ScalarType accumulate_type(const at::Tensor& t) {
