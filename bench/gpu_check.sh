@@ -28,6 +28,8 @@ finish() {
     echo "---- CUDA tests"; grep -E "^(FAILED|ERROR)|passed|failed|node down|crashed" "$WORK/tests_cuda.log" 2>/dev/null | tail -40
     echo "---- first failures"; grep -B2 -A25 -m3 "^E  " "$WORK/tests_cuda.log" 2>/dev/null | head -150
     echo "---- benchmarks"; grep -v "it/s\]$\|s/it\]$" "$WORK/bench.log" 2>/dev/null | tail -120
+    echo "---- profile (top kernels per case; full tables in profile.log)"
+    grep -A8 "^====" "$WORK/profile.log" 2>/dev/null | cut -c1-160 | head -120
     echo "---- sanitizer"; tail -20 "$WORK/sanitizer.log" 2>/dev/null
   } > "$OUT/summary.txt"
 }
@@ -50,7 +52,7 @@ echo "build rc=$rc in $(( $(date +%s) - start )) s" | tee -a "$WORK/env.txt"
 (cd /tmp && "$PY" -c "import peftcore; print(peftcore.build_info())") 2>&1 | tee -a "$WORK/env.txt"
 
 # The CUDA tests only (the CPU ones run in CI); no -x, so one failure hides no other.
-PHASES=${PHASES:-"diag tests bench sanitize"}
+PHASES=${PHASES:-"diag tests bench profile sanitize"}
 has() { case " $PHASES " in *" $1 "*) return 0 ;; esac; return 1; }
 
 # Errors raised inside the extension must come back as Python exceptions, never a crash.
@@ -68,6 +70,10 @@ for family in $(has bench && echo ${FAMILIES:-lora adapters optim sparse masked 
   timeout "$(cap ${FAMILY_CAP_S:-80})" "$PY" bench/run.py --device cuda --ops "$family" --out "$WORK/bench" "$@" 2>&1 \
     | tee -a "$WORK/bench.log" | grep -v "it/s\]$\|s/it\]$" | tail -30
 done
+
+# Kernel-by-kernel CUDA time of the cases still short of their targets.
+has profile && (cd /tmp && timeout "$(cap ${PROFILE_CAP_S:-90})" "$PY" "$OLDPWD/bench/diag/profile_gpu.py") \
+  > "$WORK/profile.log" 2>&1
 
 # Out-of-bounds and race checks of every kernel family on small shapes, with what time is left.
 if has sanitize && command -v compute-sanitizer > /dev/null && [ "$(left)" -gt 40 ]; then
