@@ -150,10 +150,10 @@ def test_from_diff_matches_sorting(sizes, k, seed):
 @given(sizes=st.lists(st.integers(1, 300), min_size=1, max_size=5), k=st.integers(1, 700),
        chunk=st.integers(1, 400), dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]),
        seed=st.integers(0, 2**16))
-def test_chunked_selection_matches_radix_selection_with_ties(sizes, k, chunk, dtype, seed):
-    # The GPU algorithm (chunked topk + tie pass), run on the CPU, must pick exactly
-    # what the CPU radix select picks: ties (many, from rounding; zeros when k is
-    # large) included.
+def test_selection_paths_match_the_reference_with_ties(sizes, k, chunk, dtype, seed):
+    # The CPU op (radix select) and the GPU algorithm (chunked topk + tie pass, run
+    # here on the CPU) must both pick exactly what the stable-sort reference picks:
+    # ties (many, from rounding; zeros when k is large) included.
     from peftcore.sparse.select import select_top_k, select_top_k_chunked
     gen = torch.Generator().manual_seed(seed)
     pairs = {}
@@ -162,13 +162,33 @@ def test_chunked_selection_matches_radix_selection_with_ties(sizes, k, chunk, dt
         step = torch.randn(n, generator=gen).round() * (torch.rand(n, generator=gen) < 0.6)
         pairs[f"p{i}"] = (t0, (t0.double() + step.double()).to(dtype))
     k = min(k, sum(sizes))
-    radix, chunked = select_top_k(pairs, k), select_top_k_chunked(pairs, k, chunk=chunk)
-    assert list(radix) == list(chunked)
-    for name in radix:
-        assert torch.equal(radix[name], chunked[name]), name
+    expected = reference.magnitude_top_k([p[0] for p in pairs.values()], [p[1] for p in pairs.values()], k)
+    for got in (select_top_k(pairs, k), select_top_k_chunked(pairs, k, chunk=chunk)):
+        assert list(got) == list(pairs)
+        for name, want in zip(pairs, expected):
+            assert torch.equal(got[name], want), name
     bad = {"a": (torch.zeros(5), torch.tensor([0.0, 1.0, math.inf, 0.0, 0.0]))}
-    with pytest.raises(ValueError, match="non-finite"):
-        select_top_k_chunked(bad, 2, chunk=chunk)
+    for select in (select_top_k, lambda p, k: select_top_k_chunked(p, k, chunk=chunk)):
+        with pytest.raises(ValueError, match="non-finite"):
+            select(bad, 2)
+
+
+def test_magnitude_topk_op_large_parallel_pieces_and_opcheck():
+    # Several 64K-element pieces per tensor (parallel passes), a k inside one
+    # histogram bucket, mixed dtypes, and the op's registration.
+    gen = torch.Generator().manual_seed(3)
+    theta0 = [torch.randn(300_000, generator=gen), torch.randn(70_001, generator=gen).to(torch.bfloat16)]
+    theta = [theta0[0] + torch.randn(300_000, generator=gen) * 1e-3, theta0[1] + 0.5]
+    for k in (1, 1000, 123_457, 370_001):
+        got = torch.ops.peftcore.magnitude_topk(theta0, theta, k)
+        want = reference.magnitude_top_k(theta0, theta, k)
+        assert all(torch.equal(g, w) for g, w in zip(got, want)), k
+    torch.library.opcheck(torch.ops.peftcore.magnitude_topk.default, (theta0, theta, 1000),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    with pytest.raises(RuntimeError, match="k must be in"):
+        torch.ops.peftcore.magnitude_topk(theta0, theta, 10**7)
+    with pytest.raises(RuntimeError, match="one shape and dtype"):
+        torch.ops.peftcore.magnitude_topk([theta0[0]], [theta[1]], 3)
 
 
 def test_from_diff_per_parameter_density_and_errors():

@@ -146,6 +146,12 @@ def _sparse_merge_fake(params, indices, values, owner, weights):
             [p.new_empty((n,), dtype=acc) for p, n in zip(params, sizes)])
 
 
+@torch.library.register_fake("peftcore::magnitude_topk")
+def _magnitude_topk_fake(theta0, theta, k):
+    ctx = torch.library.get_ctx()
+    return [t.new_empty((ctx.new_dynamic_size(),), dtype=torch.int64) for t in theta]
+
+
 @torch.library.register_fake("peftcore::sparse_revert_")
 def _sparse_revert_fake(params, indices, originals):
     return None

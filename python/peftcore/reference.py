@@ -181,6 +181,22 @@ def sparse_compose(param: Tensor, indices: list[Tensor], values: list[Tensor],
     return out.view(param.shape)
 
 
+def magnitude_top_k(theta0: list[Tensor], theta: list[Tensor], k: int) -> list[Tensor]:
+    """Oracle of magnitude_topk (LT-SFT selection): per pair, the sorted flat indices of
+    the k largest |float(theta) - float(theta0)| over all pairs, ties at the k-th value
+    taken in pair order, then flat index order. A stable descending sort of the
+    concatenated magnitudes keeps exactly that order among equal values."""
+    mags = torch.cat([(t.detach().float() - t0.detach().float()).abs().flatten() for t0, t in zip(theta0, theta)])
+    order = torch.sort(mags, descending=True, stable=True).indices[:k]
+    chosen = torch.sort(order).values
+    out, start = [], 0
+    for t in theta:
+        n = t.numel()
+        out.append(chosen[(chosen >= start) & (chosen < start + n)] - start)
+        start += n
+    return out
+
+
 # ---------------------------------------------------------------------------- Hydra
 
 

@@ -1,9 +1,9 @@
 """Exact top-k selection of |theta - theta0| over many tensors, without
-concatenating them. Two algorithms, one tie rule:
+concatenating them. Two algorithms, one tie rule (reference.magnitude_top_k):
 
-- CPU: a radix select on the float32 bit patterns of the magnitudes (non-negative
-  floats order like their bits), 16 bits per round: two histogram rounds and one
-  selection pass, each over one parameter at a time.
+- CPU: the magnitude_topk op (csrc/sparse/magnitude_topk_cpu.cpp), a radix select
+  on the float32 bit patterns of the magnitudes, four parallel passes that never
+  store a magnitude.
 - GPU: the histograms would be atomics on a few hot bins and every parameter a few
   host reads (measured 25x slower than one torch.topk on an H200), so there the
   magnitudes go through a bounded fp32 buffer in chunks; each chunk's top k joins a
@@ -19,15 +19,6 @@ import torch
 from torch import Tensor
 
 
-def _magnitude_bits(pair: tuple[Tensor, Tensor], check: bool = False) -> Tensor:
-    """int32 bit patterns of |theta - theta0| (float32), flat; one parameter at a time."""
-    t0, t = pair
-    d = (t.detach().to(torch.float32) - t0.detach().to(torch.float32)).abs_().flatten()
-    if check and not bool(torch.isfinite(d).all()):
-        raise ValueError("from_diff: theta - theta0 has non-finite values")
-    return d.view(torch.int32)
-
-
 def select_top_k(pairs: Mapping[str, tuple[Tensor, Tensor]], k: int) -> dict[str, Tensor]:
     """Flat indices (sorted int64) of the k largest |theta - theta0| over all pairs:
     everything above the k-th largest magnitude, then ties in the pairs' order."""
@@ -37,30 +28,14 @@ def select_top_k(pairs: Mapping[str, tuple[Tensor, Tensor]], k: int) -> dict[str
     k = min(k, total)
     if next(iter(pairs.values()))[0].device.type != "cpu":
         return select_top_k_chunked(pairs, k)
-    prefix, remaining = 0, k
-    for shift in (16, 0):  # the high 16 bits, then the low 16 of the candidates left
-        hist = None
-        for pair in pairs.values():
-            bits = _magnitude_bits(pair, check=shift == 16)
-            if shift == 0:
-                bits = bits[(bits >> 16) == prefix]
-            h = torch.bincount((bits >> shift) & 0xFFFF, minlength=1 << 16)
-            hist = h if hist is None else hist + h
-        hist = hist.cpu()
-        from_top = hist.flip(0).cumsum(0)
-        b = int(torch.nonzero(from_top >= remaining)[0])
-        bucket = (1 << 16) - 1 - b
-        remaining -= int(from_top[b] - hist[bucket])  # drop what lies strictly above the bucket
-        prefix = (prefix << 16) | bucket
-    threshold, ties_left = prefix, remaining  # the k-th largest bit pattern; ties still to take
-    chosen = {}
-    for name, pair in pairs.items():
-        bits = _magnitude_bits(pair)
-        above = torch.nonzero(bits > threshold).flatten()
-        ties = torch.nonzero(bits == threshold).flatten()[:ties_left]
-        ties_left -= ties.numel()
-        chosen[name] = torch.sort(torch.cat([above, ties])).values
-    return chosen
+    theta0, theta = [], []
+    for t0, t in pairs.values():
+        t0, t = t0.detach(), t.detach()
+        if t0.dtype != t.dtype:  # float32 holds both exactly: the same float(t) - float(t0)
+            t0, t = t0.float(), t.float()
+        theta0.append(t0)
+        theta.append(t)
+    return dict(zip(pairs, torch.ops.peftcore.magnitude_topk(theta0, theta, k)))
 
 
 # 32M fp32 magnitudes (128 MiB) per chunk: large enough that topk runs near its
@@ -87,8 +62,8 @@ def _pieces(numels: list[int], chunk: int):
 
 
 def _fill_magnitudes(buf: Tensor, flat: list[tuple[Tensor, Tensor]], pieces) -> Tensor:
-    """|theta - theta0| of the pieces, as float32 computed exactly like
-    `_magnitude_bits` (both sides cast to float32, then subtracted), into `buf`."""
+    """|theta - theta0| of the pieces as float32, computed like the CPU op (both sides
+    cast to float32, then subtracted), into `buf`."""
     at = 0
     for i, start, length in pieces:
         t0, t = (x.narrow(0, start, length) for x in flat[i])
