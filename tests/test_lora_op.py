@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import peftcore
 from peftcore import ops, reference
 from helpers import LOW_PRECISION, assert_as_accurate_as_torch, max_abs
 
@@ -258,6 +259,26 @@ def test_torch_compile_fullgraph(device):
     assert max_abs(loss, ref_loss) <= 1e-4
     for g, rg in zip(grads, ref_grads):
         assert max_abs(g, rg) <= 1e-4
+
+
+@pytest.mark.parametrize("freeze_A", [False, True])
+def test_torch_compile_dynamic_shapes_match_eager(freeze_A):
+    # The C++ autograd runs on symbolic shapes under dynamic compilation; with A
+    # frozen it saves a zero-storage stand-in for x shaped from those shapes.
+    torch.manual_seed(0)
+    layer = peftcore.LoraLinear(torch.nn.Linear(16, 8), r=4, alpha=8)
+    with torch.no_grad():
+        layer.lora_B.weight.normal_()
+    layer.lora_A.weight.requires_grad_(not freeze_A)
+    compiled = torch.compile(layer, fullgraph=True, dynamic=True, backend="aot_eager")
+    for n in (5, 7, 11):
+        x = torch.randn(n, 16, requires_grad=True)
+        x_ref = x.detach().clone().requires_grad_(True)
+        params = [p for p in layer.parameters() if p.requires_grad]
+        got = torch.autograd.grad(compiled(x).square().sum(), [x, *params])
+        want = torch.autograd.grad(layer(x_ref).square().sum(), [x_ref, *params])
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w)
 
 
 @pytest.mark.slow

@@ -50,7 +50,9 @@ std::optional<at::Tensor> optional_of(T t) { return t.defined() ? std::optional<
 
 // x is read in backward only for some gradients; otherwise a zero-storage stand-in
 // carries its shape and x is not kept alive.
-at::Tensor kept_or_stand_in(T x, bool read) { return read ? x : at::zeros({}, x.options()).expand(x.sizes()); }
+at::Tensor kept_or_stand_in(T x, bool read) {
+  return read ? x : at::zeros({}, x.options()).expand_symint(x.sym_sizes());  // symbolic shapes under compile
+}
 
 // The backward op is called below autograd, except under create_graph: then its own
 // autograd kernel runs and refuses double backward with a clear error.
