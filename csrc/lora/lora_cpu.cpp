@@ -1,8 +1,8 @@
 // CPU backend of the fused LoRA linear (see lora_compose.h for the math).
 //
-// The skinny products are MKL / oneDNN GEMMs on whole matrices (hand-written
-// AVX2 micro-kernels for them measured 1.5x slower than MKL here: see the LoRA
-// issue notes). Without dropout each product is one pass over its operand; with
+// The skinny products are MKL / oneDNN GEMMs (hand-written AVX2 micro-kernels for
+// them measured 1.5x slower than MKL here: see the LoRA issue notes); the long-K
+// reductions t^T x run in row slabs (common/tn_product.h). Without dropout each product is one pass over its operand; with
 // dropout the rows go in blocks whose keep-mask is regenerated once and serves
 // both dA and dx, so no mask or masked copy outlives a block.
 #include <ATen/Parallel.h>

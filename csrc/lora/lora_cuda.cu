@@ -1,11 +1,12 @@
 // CUDA backend of the fused LoRA linear (see lora_compose.h for the math).
 //
 // Every product is a cuBLAS GEMM through ATen on the current stream; the adapter's
-// output and input-gradient terms accumulate into the base GEMM's buffer (beta = 1),
-// so no N x out or N x in temporary exists without dropout. With dropout the
-// keep-mask is regenerated from the seed (lora_kernels.cuh): forward and dA read a
-// masked copy of x that lives only for that GEMM, and dx adds m∘(T A) in one fused
-// pass, so nothing mask-sized is ever saved for backward.
+// output and input-gradient terms are written first and the base GEMM accumulates
+// into them (beta = 1), so no N x out or N x in temporary exists without dropout.
+// With dropout the keep-mask is regenerated from the seed (lora_kernels.cuh):
+// forward and dA read a masked copy of x that lives only for that GEMM, and dx's
+// term T A has its dropped elements zeroed in place, so nothing mask-sized is ever
+// saved for backward. (Hydra still adds into existing buffers: masked_add_.)
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
