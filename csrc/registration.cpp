@@ -55,6 +55,7 @@ TORCH_LIBRARY(peftcore, m) {
   // LT-SFT mask selection: per pair, the sorted flat indices of the k largest
   // |float(theta) - float(theta0)| over all pairs; ties at the k-th value are taken
   // in pair order, then flat index order. Non-finite differences raise ValueError.
+  // CPU kernel only: on a GPU, sparse.select uses chunked torch.topk instead.
   m.def("magnitude_topk(Tensor[] theta0, Tensor[] theta, int k) -> Tensor[]");
 
   // Hydra: h = x W^T + b; y = h + s_p (drop(x) A_p^T) B_p^T + s_s (drop(h) A_s^T) B_s^T.
