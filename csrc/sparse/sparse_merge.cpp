@@ -16,8 +16,20 @@
 namespace peftcore {
 namespace {
 
-at::Tensor host_longs(const std::vector<int64_t>& v, const at::Device& device) {
-  return at::tensor(v, at::TensorOptions().dtype(at::kLong)).to(device, /*non_blocking=*/false);
+// Several host int64 lists on `device` in one copy (each copy from pageable memory
+// waits for the stream), returned as slices in the order given.
+std::vector<at::Tensor> upload_longs(std::initializer_list<const std::vector<int64_t>*> lists,
+                                     const at::Device& device) {
+  std::vector<int64_t> all;
+  for (const auto* l : lists) all.insert(all.end(), l->begin(), l->end());
+  const at::Tensor flat = at::tensor(all, at::TensorOptions().dtype(at::kLong)).to(device, /*non_blocking=*/false);
+  std::vector<at::Tensor> out;
+  int64_t pos = 0;
+  for (const auto* l : lists) {
+    out.push_back(flat.narrow(0, pos, static_cast<int64_t>(l->size())));
+    pos += static_cast<int64_t>(l->size());
+  }
+  return out;
 }
 
 // The slow, exact diagnosis once the batched check has failed: which list, and why.
@@ -92,10 +104,14 @@ MergedDeltas merge_sparse_parts(const char* op, at::TensorList params, at::Tenso
                 "device here, got params[0] on ", params[0].device(), " and params[", i, "] on ",
                 params[i].device());
   }
-  const at::Tensor lengths = host_longs(part_len, device);
+  // Every list the device needs, in one upload.
+  const std::vector<at::Tensor> dev = upload_longs(
+      {&part_len, &part_offset, &first_pos, &lo, &last_pos, &hi, &boundaries, &out.key_offsets}, device);
+  const at::Tensor &lengths = dev[0], &offsets_dev = dev[1], &first_dev = dev[2], &lo_dev = dev[3],
+                   &last_dev = dev[4], &hi_dev = dev[5], &boundaries_dev = dev[6], &key_offsets_dev = dev[7];
   at::Tensor key = at::cat(keys);
   if (shifted) {
-    key.add_(at::repeat_interleave(host_longs(part_offset, device), lengths, 0, total));
+    key.add_(at::repeat_interleave(offsets_dev, lengths, 0, total));
   }
   at::Tensor val = at::cat(vals).to(out.acc);
   if (weighted) {
@@ -106,11 +122,11 @@ MergedDeltas merge_sparse_parts(const char* op, at::TensorList params, at::Tenso
   // Validation, batched: strictly increasing inside each list (pairs that cross two
   // lists are exempt) and, given that, each list's first and last key inside its
   // parameter's range. One host read.
-  at::Tensor ok = key.index_select(0, host_longs(first_pos, device)).ge(host_longs(lo, device)).all();
-  ok = ok.logical_and(key.index_select(0, host_longs(last_pos, device)).le(host_longs(hi, device)).all());
+  at::Tensor ok = key.index_select(0, first_dev).ge(lo_dev).all();
+  ok = ok.logical_and(key.index_select(0, last_dev).le(hi_dev).all());
   if (total > 1) {
     at::Tensor increasing = key.narrow(0, 1, total - 1).gt(key.narrow(0, 0, total - 1));
-    if (!boundaries.empty()) increasing.index_fill_(0, host_longs(boundaries, device), true);
+    if (!boundaries.empty()) increasing.index_fill_(0, boundaries_dev, true);
     ok = ok.logical_and(increasing.all());
   }
   if (!ok.item<bool>()) report_bad_list(op, params, indices, parts);
@@ -123,7 +139,7 @@ MergedDeltas merge_sparse_parts(const char* op, at::TensorList params, at::Tenso
   // unsafe: the counts are known positive, and checking them would read them back.
   out.sums = at::segment_reduce(val.index_select(0, perm), "sum", counts, std::nullopt, std::nullopt, 0,
                                 /*unsafe=*/true);
-  const at::Tensor bounds = at::searchsorted(uniq, host_longs(out.key_offsets, device)).to(at::kCPU);
+  const at::Tensor bounds = at::searchsorted(uniq, key_offsets_dev).to(at::kCPU);
   const int64_t* b = bounds.const_data_ptr<int64_t>();
   out.bounds.assign(b, b + n + 1);
   return out;
