@@ -81,10 +81,12 @@ TORCH_LIBRARY(peftcore, m) {
   // W'_ij = W_ij (I + block_i) + block_i (i the output block). W' is rebuilt per
   // call; backward never materialises the out x in weight gradient.
   m.def("bone_bat_linear(Tensor x, Tensor weight, Tensor? bias, Tensor block) -> Tensor");
-  // output_mask selects (x, weight, bias, block).
+  // output_mask selects (x, weight, bias, block); band_elements bounds the slice of
+  // the weight gradient formed at once (the default is the one autograd uses).
   m.def(
       "bone_bat_linear_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor block, "
-      "bool[4] output_mask) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias, Tensor grad_block)");
+      "bool[4] output_mask, int band_elements=16777216) -> "
+      "(Tensor grad_x, Tensor grad_weight, Tensor grad_bias, Tensor grad_block)");
   m.def("bone_bat_weight(Tensor weight, Tensor block) -> Tensor");
 
   // MiSS bone / mini without dropout: y = x W^T + bias + blocksum_r(x) up^T, where

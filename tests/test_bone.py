@@ -95,17 +95,24 @@ def test_bat_op_reference_gradcheck_opcheck(device):
         op(torch.randn(2, 10, device=device), torch.randn(12, 10, device=device), None, torch.zeros(3, 4, 4, device=device))
 
 
-def test_bat_backward_band_covers_many_blocks():
-    # More output rows than one band (512): the banded contraction must still be exact.
+@pytest.mark.parametrize("band_elements", [1, 64 * 16 * 5, 1 << 24])
+def test_bat_backward_bands_are_exact(band_elements):
+    # One block per band, bands of five blocks (the last one short), one band for all.
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(7, 64, generator=gen, dtype=torch.float64)
     w = torch.randn(1024, 64, generator=gen, dtype=torch.float64)
-    blk = (torch.randn(1024 // 16, 16, 16, generator=gen, dtype=torch.float64) * 0.1).requires_grad_(True)
-    from peftcore import reference
+    blk = torch.randn(1024 // 16, 16, 16, generator=gen, dtype=torch.float64) * 0.1
     g = torch.randn(7, 1024, generator=gen, dtype=torch.float64)
-    (ours,) = torch.autograd.grad(torch.ops.peftcore.bone_bat_linear(x, w, None, blk), [blk], g)
-    (ref,) = torch.autograd.grad(torch.nn.functional.linear(x, reference.bat_weight(w, blk)), [blk], g)
+    ours = torch.ops.peftcore.bone_bat_linear_backward(g, x, w, blk, [False, False, False, True], band_elements)[3]
+    leaf = blk.clone().requires_grad_(True)
+    (ref,) = torch.autograd.grad(torch.nn.functional.linear(x, reference.bat_weight(w, leaf)), [leaf], g)
     assert (ours - ref).abs().max() < 1e-10
+
+
+def test_bat_backward_rejects_an_empty_band():
+    x, w, blk, g = torch.randn(2, 8), torch.randn(8, 8), torch.zeros(2, 4, 4), torch.randn(2, 8)
+    with pytest.raises(RuntimeError, match="band_elements must be positive"):
+        torch.ops.peftcore.bone_bat_linear_backward(g, x, w, blk, [False, False, False, True], 0)
 
 
 def test_bone_saves_no_copy_of_x():

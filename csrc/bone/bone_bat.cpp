@@ -6,10 +6,12 @@
 // takes dW' a band of output rows at a time, contracts the band's r x r tiles with W
 // at once (the identity's share is a sum of dW' tiles), and drops it, so the out x
 // in weight gradient that HF PEFT's autograd materialises is formed whole only when
-// it is small. Band: 512 rows on the CPU (cache-sized); on a GPU up to 16M elements
-// of dW', because each band's contraction is a batch of r x r products with a long
-// inner dimension, which a GPU runs well only with many blocks in the batch (on an
-// H200 512-row bands left bat at 0.80-0.96x HF PEFT's speed).
+// it is small. Band: up to 16M elements of dW' (the op's band_elements) on every
+// device. Larger bands run faster (each band's contraction is a batch of r x r
+// products with a long inner dimension; on an H200 512-row bands left bat at
+// 0.80-0.96x HF PEFT's speed, on this project's CPU they cost 1-2% against whole
+// ones), and the bound keeps the temporary below what PEFT holds at the same point
+// (its saved W' plus the whole dW').
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/baddbmm.h>
 #include <ATen/ops/bmm.h>
@@ -27,13 +29,9 @@
 namespace peftcore {
 namespace {
 
-constexpr int64_t kCpuBandRows = 512;
-constexpr int64_t kGpuBandElements = int64_t{1} << 24;
-
 // Output rows of dW' per band, a multiple of r.
-int64_t band_rows(const at::Tensor& x, int64_t in, int64_t r) {
-  const int64_t rows = x.device().is_cpu() ? kCpuBandRows : kGpuBandElements / std::max<int64_t>(in, 1);
-  return std::max<int64_t>(1, rows / r) * r;
+int64_t band_rows(int64_t band_elements, int64_t in, int64_t r) {
+  return std::max<int64_t>(1, band_elements / std::max<int64_t>(in, 1) / r) * r;
 }
 
 struct BatDims {
@@ -80,8 +78,9 @@ at::Tensor bone_bat_linear(const at::Tensor& x, const at::Tensor& weight, const 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bone_bat_linear_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& block,
-    std::array<bool, 4> output_mask) {
+    std::array<bool, 4> output_mask, int64_t band_elements) {
   const BatDims d = check_bat("bone_bat_linear_backward", x, weight, block);
+  TORCH_CHECK(band_elements > 0, "bone_bat_linear_backward: band_elements must be positive, got ", band_elements);
   check_shape("bone_bat_linear_backward", "grad_out", grad_out, with_last_dim(x, d.out), "[..., out_features]");
   const at::Tensor g = grad_out.reshape({d.rows, d.out});
   const at::Tensor x2 = x.reshape({d.rows, d.in});
@@ -98,7 +97,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bone_bat_linear_backw
     const int64_t r = d.r, ib = d.in / r, ob = d.out / r;
     const bool low = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
     grad_block = at::empty({ob, r, r}, block.options().dtype(low ? at::kFloat : block.scalar_type()));
-    const int64_t band_blocks = band_rows(x, d.in, r) / r;
+    const int64_t band_blocks = band_rows(band_elements, d.in, r) / r;
     for (int64_t i0 = 0; i0 < ob; i0 += band_blocks) {
       const int64_t nb = std::min(band_blocks, ob - i0);
       // dW' for this band of output rows only: [nb * r, in].

@@ -225,13 +225,13 @@ struct BatFunction : public torch::autograd::Function<BatFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = find_op<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(T, T, T, T,
-                                                                                             std::array<bool, 4>)>(
-        "peftcore::bone_bat_linear_backward");
+    static const auto op = find_op<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+        T, T, T, T, std::array<bool, 4>, int64_t)>("peftcore::bone_bat_linear_backward");
+    constexpr int64_t kBandElements = int64_t{1} << 24;  // the schema's default
     const variable_list s = ctx->get_saved_variables();
     const auto mask = mask_of<4>(ctx);
     BackwardDispatch dispatch;
-    return masked_grads(op.call(grads[0], s[0], s[1], s[2], mask), mask, 0);
+    return masked_grads(op.call(grads[0], s[0], s[1], s[2], mask, kBandElements), mask, 0);
   }
 
   static at::Tensor unpack(const variable_list& v) { return v[0]; }

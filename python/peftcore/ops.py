@@ -209,7 +209,7 @@ def _bone_bat_weight_fake(weight, block):
 
 
 @torch.library.register_fake("peftcore::bone_bat_linear_backward")
-def _bone_bat_linear_backward_fake(grad_out, x, weight, block, output_mask):
+def _bone_bat_linear_backward_fake(grad_out, x, weight, block, output_mask, band_elements=1 << 24):
     shapes = (x.shape, weight.shape, (weight.shape[0],), block.shape)
     return tuple(x.new_empty(s if m else (0,)) for s, m in zip(shapes, output_mask))
 
