@@ -30,6 +30,7 @@ finish() {
     echo "---- benchmarks"; grep -v "it/s\]$\|s/it\]$" "$WORK/bench.log" 2>/dev/null | tail -120
     echo "---- profile (top kernels per case; full tables in profile.log)"
     grep -A8 "^====" "$WORK/profile.log" 2>/dev/null | cut -c1-160 | head -120
+    echo "---- parts (each pass alone vs its floor; parts.log)"; head -90 "$WORK/parts.log" 2>/dev/null
     echo "---- sanitizer"; tail -20 "$WORK/sanitizer.log" 2>/dev/null
   } > "$OUT/summary.txt"
 }
@@ -74,6 +75,9 @@ done
 # Kernel-by-kernel CUDA time of the cases still short of their targets.
 has profile && (cd /tmp && timeout "$(cap ${PROFILE_CAP_S:-90})" "$PY" "$OLDPWD/bench/diag/profile_gpu.py") \
   > "$WORK/profile.log" 2>&1
+# Each LoRA / bat pass timed alone, with the alternative formulations side by side.
+has profile && (cd /tmp && timeout "$(cap ${PARTS_CAP_S:-60})" "$PY" "$OLDPWD/bench/diag/skinny_parts.py") \
+  > "$WORK/parts.log" 2>&1
 
 # Out-of-bounds and race checks of every kernel family on small shapes, with what time is left.
 if has sanitize && command -v compute-sanitizer > /dev/null && [ "$(left)" -gt 40 ]; then

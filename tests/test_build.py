@@ -73,3 +73,15 @@ def test_gpu_check_script_parses():
 
     script = Path(__file__).resolve().parent.parent / "bench" / "gpu_check.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+
+
+def test_gpu_parts_diagnostic_runs_on_cpu():
+    """bench/diag/skinny_parts.py is meant for scarce GPU minutes: a Python error there
+    would waste a device run, so its small CPU variant runs here."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "diag" / "skinny_parts.py"
+    out = subprocess.run([sys.executable, str(script), "--device", "cpu", "--small"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("====") == 3 and "dA: T^T x in 16 N-slabs" in out.stdout
