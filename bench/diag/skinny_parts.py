@@ -113,6 +113,11 @@ def bat_parts(n: int, d: int, r: int, device, dtype, limits, reps: int) -> None:
         ("identity part: dW' block sums", lambda: dw.view(ob, r, ib, r).sum(2), d * d * e, d * d),
         ("W contraction: baddbmm over dW'",
          lambda: torch.bmm(w.view(ob, r * ib, r).transpose(1, 2), dw.view(ob, r * ib, r)), 2 * d * d * e, 2 * d * d * r),
+        # The same contraction with its long inner dimension cut into 8 pieces (8x the
+        # batch, a sum after): more blocks for a GPU to run at once.
+        ("W contraction: 8 K-pieces per block + sum",
+         lambda: torch.bmm(w.view(ob * 8, r * ib // 8, r).transpose(1, 2),
+                           dw.view(ob * 8, r * ib // 8, r)).view(ob, 8, r, r).sum(1), 2 * d * d * e, 2 * d * d * r),
         ("backward, block grad only, 16M-element bands",
          lambda: op.bone_bat_linear_backward(g, x, w, blk, only_block, 1 << 24), 2 * n * d * e, 2 * n * d * d),
         ("backward, block grad only, 512-row bands",
