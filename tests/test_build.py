@@ -65,6 +65,9 @@ def test_bench_cli_parses_op_names_and_refuses_unknown_ones(capsys):
     with pytest.raises(SystemExit):
         main(["--ops", "lora,nope", "--quick"])
     assert "unknown family 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--repeat", "0", "--quick"])
+    assert "--repeat must be at least 1" in capsys.readouterr().err
 
 
 def test_gpu_check_script_parses():

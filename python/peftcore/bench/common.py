@@ -22,6 +22,9 @@ import torch
 # Where results go unless --out says otherwise: ./peftcore-bench-results/<machine>/ (the
 # repository's bench/run.py points this at bench/results/, which bench/report.py reads).
 RESULTS_DIR = Path("peftcore-bench-results")
+# Multiplies every family's alternation rounds (`peftcore-bench --repeat K`): steadier
+# medians on a machine whose speed drifts, at K times the run time.
+ROUNDS_SCALE = 1
 
 
 def sync(device: torch.device) -> None:
@@ -57,7 +60,9 @@ def time_alternating(
     reps: int = 5,
     rounds: int = 5,
 ) -> dict[str, Timing]:
-    """Times every candidate `rounds` x `reps` times, candidates interleaved per round."""
+    """Times every candidate `rounds` x `reps` times (rounds x ROUNDS_SCALE), candidates
+    interleaved per round."""
+    rounds *= ROUNDS_SCALE
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
@@ -121,6 +126,7 @@ def write_results(family: str, device: torch.device, rows: list[dict], limits: L
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
         "limits": {"bandwidth_gbs": limits.bandwidth_gbs, "matmul_tflops": limits.matmul_tflops},
+        "rounds_scale": ROUNDS_SCALE,
     }
     (out_dir / f"{family}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     if rows:
@@ -139,7 +145,8 @@ def markdown_table(rows: list[dict], meta: dict) -> str:
     lines = [
         f"{meta['family']} on {meta['machine']} (torch {meta['torch']}, {meta['date']}); "
         f"measured limits: copy {meta['limits']['bandwidth_gbs']:.1f} GB/s, matmul "
-        + ", ".join(f"{k} {v:.2f} TFLOP/s" for k, v in meta["limits"]["matmul_tflops"].items()),
+        + ", ".join(f"{k} {v:.2f} TFLOP/s" for k, v in meta["limits"]["matmul_tflops"].items())
+        + (f"; alternation rounds x{meta['rounds_scale']}" if meta.get("rounds_scale", 1) > 1 else ""),
         "",
         "| " + " | ".join(cols) + " |",
         "|" + "---|" * len(cols),

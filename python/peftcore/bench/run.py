@@ -42,7 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: fp32 on CPU, bf16 on GPU)")
     parser.add_argument("--out", type=Path, default=None,
                         help=f"results folder (default {common.RESULTS_DIR}/<machine>)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="multiply every family's alternation rounds (steadier medians, K x the time)")
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error(f"--repeat must be at least 1, got {args.repeat}")
+    common.ROUNDS_SCALE = args.repeat
 
     families = list(dict.fromkeys(ALIASES.get(f, f) for f in args.ops.split(",")))  # in order, once each
     for family in families:
