@@ -69,6 +69,20 @@ def test_float64_matches_reference(device, lead, n_in, n_out, r, p, bias):
         assert max_abs(go, gr) <= 1e-10, name
 
 
+@pytest.mark.parametrize("frozen_x", [False, True])
+def test_merged_path_weight_grads_over_many_row_blocks(frozen_x):
+    # N large against in/out (the merged-weight path) and out wide enough that the CPU
+    # backward takes G in several row blocks per thread: dA, dB must stay exact.
+    inputs = make_inputs((1000,), 96, 2048, 8, torch.float64, "cpu")
+    if frozen_x:
+        inputs[0].requires_grad_(False)
+    out, ref = run_both(inputs, 0.5, 0.0, None)
+    grad = torch.randn_like(ref)
+    names, params = zip(*[(n, t) for n, t in zip("xwbAB", inputs) if t is not None and t.requires_grad])
+    for name, go, gr in zip(names, torch.autograd.grad(out, params, grad), torch.autograd.grad(ref, params, grad)):
+        assert max_abs(go, gr) <= 1e-10, name
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, *LOW_PRECISION])
 @pytest.mark.parametrize(
     "lead,n_in,n_out,r",
