@@ -226,6 +226,33 @@ def test_device_mismatch_and_cpu_cuda_masks_agree():
     assert max_abs(cpu, gpu.cpu()) <= 1e-10
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("offset", [0, 1])
+def test_cuda_dropout_kernels_apply_the_cpu_mask(dtype, offset):
+    # offset 1 puts x off the 16-byte grid (the element-by-element kernels), offset 0
+    # takes the packed ones; 37 x 29 elements leave a tail after the packs of 8.
+    n, n_in, n_out, r = 37, 29, 13, 3
+    gen = torch.Generator().manual_seed(5)
+    flat = torch.randn(offset + n * n_in, generator=gen, dtype=torch.float64).to(dtype)
+    w, b = torch.randn(n_out, n_in, generator=gen) / 6, torch.randn(n_out, generator=gen)
+    a, bb = torch.randn(r, n_in, generator=gen) / 6, torch.randn(n_out, r, generator=gen)
+    x = flat.cuda()[offset:].view(n, n_in).requires_grad_(True)
+    params = [t.to(dtype).cuda().requires_grad_(True) for t in (w, b, a, bb)]
+    seed = seed_for("cuda")
+    out, _ = lora_op(x, *params, 0.5, 0.3, seed)
+    ref_x = flat[offset:].view(n, n_in).double().requires_grad_(True)
+    ref_params = [t.detach().cpu().double().requires_grad_(True) for t in params]
+    ref = reference.lora_linear(ref_x, *ref_params, 0.5, 0.3, seed.cpu())
+    grad = torch.randn(n, n_out, generator=gen, dtype=torch.float64)
+    ours = torch.autograd.grad(out, [x, *params], grad.to(dtype).cuda())
+    theirs = torch.autograd.grad(ref, [ref_x, *ref_params], grad)
+    tol = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 3e-2}[dtype]
+    for name, got, want in zip(["out", "x", "w", "b", "A", "B"], [out, *ours], [ref, *theirs]):
+        # A wrong keep-mask moves whole terms: errors of the order of the values.
+        assert max_abs(got.double().cpu(), want) <= tol * (1 + want.abs().max().item()), name
+
+
 def test_saved_tensors_are_x_and_hidden_only():
     """With dropout, backward keeps x (own dtype) and the N x r hidden: no mask, no masked copy."""
     n, n_in, n_out, r = 256, 64, 48, 4

@@ -67,8 +67,13 @@ void masked_copy(const at::Tensor& x, const DropoutSpec& dropout, at::Tensor& ou
   const at::Tensor xc = x.contiguous();
   launch_mask_kernel(xc, dropout, [&](auto* tag, unsigned blocks, cudaStream_t stream, k::DeviceDropout d) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    k::masked_copy_kernel<T><<<blocks, k::kMaskThreads, 0, stream>>>(xc.const_data_ptr<T>(),
-                                                                       out.mutable_data_ptr<T>(), xc.numel(), d);
+    const T* src = xc.const_data_ptr<T>();
+    T* dst = out.mutable_data_ptr<T>();
+    if (k::pack_aligned<T>(src, dst)) {
+      k::masked_copy_pack_kernel<T><<<blocks, k::kMaskThreads, 0, stream>>>(src, dst, xc.numel(), d);
+    } else {
+      k::masked_copy_kernel<T><<<blocks, k::kMaskThreads, 0, stream>>>(src, dst, xc.numel(), d);
+    }
   });
 }
 
@@ -86,8 +91,13 @@ void masked_add_(at::Tensor& dst, const at::Tensor& src, const DropoutSpec& drop
   TORCH_INTERNAL_ASSERT(dst.is_contiguous() && src.is_contiguous(), "masked_add_: contiguous operands");
   launch_mask_kernel(dst, dropout, [&](auto* tag, unsigned blocks, cudaStream_t stream, k::DeviceDropout d) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    k::masked_add_kernel<T><<<blocks, k::kMaskThreads, 0, stream>>>(dst.mutable_data_ptr<T>(),
-                                                                      src.const_data_ptr<T>(), dst.numel(), d);
+    T* out = dst.mutable_data_ptr<T>();
+    const T* add = src.const_data_ptr<T>();
+    if (k::pack_aligned<T>(out, add)) {
+      k::masked_add_pack_kernel<T><<<blocks, k::kMaskThreads, 0, stream>>>(out, add, dst.numel(), d);
+    } else {
+      k::masked_add_kernel<T><<<blocks, k::kMaskThreads, 0, stream>>>(out, add, dst.numel(), d);
+    }
   });
 }
 

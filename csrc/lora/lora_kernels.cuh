@@ -3,6 +3,12 @@
 // host synchronisation) and applied while a tensor streams through once. Every
 // product, skinny or not, is a cuBLAS GEMM (lora_cuda.cu): hand-written skinny
 // GEMM kernels on CUDA cores measured 2-8x slower than cuBLAS on an H200.
+//
+// Each thread takes units of 8 consecutive elements (two Philox groups) and, when
+// the pointers allow, moves them as one aligned pack (16 bytes for 16-bit types):
+// on the H200 the first, element-by-element kernels made dropout cost LoRA 0.20 ms
+// at N=8192, 4096^2 (three passes, about a third of the copy bandwidth), where
+// torch's vectorised dropout cost PEFT 0.05 ms.
 // No torch headers: T is float, double, c10::Half or c10::BFloat16.
 #pragma once
 
@@ -57,6 +63,74 @@ __device__ __forceinline__ void for_each_with_mask(int64_t numel, const DropoutM
   }
 }
 
+constexpr int kUnit = 8;  // elements per thread step: the bits of two Philox groups
+
+// Calls unit(i0, bits) for every whole unit of 8 (bit k: element i0 + k is kept) and
+// elem(i, kept) for the numel % 8 elements after them, grid-stride.
+template <typename Unit, typename Elem>
+__device__ __forceinline__ void for_each_unit_with_mask(int64_t numel, const DropoutMask& mask, Unit unit,
+                                                        Elem elem) {
+  const int64_t units = numel / kUnit;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t u = first; u < units; u += stride) {
+    const uint64_t group = 2 * static_cast<uint64_t>(u);
+    unit(u * kUnit, mask.keep_bits(group) | (mask.keep_bits(group + 1) << 4));
+  }
+  for (int64_t i = units * kUnit + first; i < numel; i += stride) elem(i, mask.keep(static_cast<uint64_t>(i)));
+}
+
+// Eight elements moved as one aligned load or store (two for float, four for double).
+template <typename T>
+struct alignas(kUnit * sizeof(T)) Pack {
+  T v[kUnit];
+};
+
+// Whether every pointer is aligned for Pack<T> (the packed kernels need it).
+template <typename T>
+inline bool pack_aligned(const void* a, const void* b = nullptr) {
+  const auto misaligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % sizeof(Pack<T>) != 0; };
+  return !misaligned(a) && (b == nullptr || !misaligned(b));
+}
+
+// dst[i] = keep(i) ? src[i] : 0, eight at a time (pointers aligned for Pack<T>).
+template <typename T>
+__global__ void __launch_bounds__(kMaskThreads)
+    masked_copy_pack_kernel(const T* __restrict__ src, T* __restrict__ dst, int64_t numel, DeviceDropout drop) {
+  for_each_unit_with_mask(
+      numel, load_mask(drop),
+      [&](int64_t i0, uint32_t bits) {
+        const Pack<T> in = *reinterpret_cast<const Pack<T>*>(src + i0);
+        Pack<T> out;
+#pragma unroll
+        for (int k = 0; k < kUnit; ++k) out.v[k] = ((bits >> k) & 1u) ? in.v[k] : T(0);
+        *reinterpret_cast<Pack<T>*>(dst + i0) = out;
+      },
+      [&](int64_t i, bool kept) { dst[i] = kept ? src[i] : T(0); });
+}
+
+// dst[i] += keep(i) ? src[i] : 0 in the accumulation type, eight at a time (aligned).
+template <typename T>
+__global__ void __launch_bounds__(kMaskThreads)
+    masked_add_pack_kernel(T* __restrict__ dst, const T* __restrict__ src, int64_t numel, DeviceDropout drop) {
+  using acc_t = typename Acc<T>::type;
+  for_each_unit_with_mask(
+      numel, load_mask(drop),
+      [&](int64_t i0, uint32_t bits) {
+        if (bits == 0u) return;
+        const Pack<T> add = *reinterpret_cast<const Pack<T>*>(src + i0);
+        Pack<T> acc = *reinterpret_cast<const Pack<T>*>(dst + i0);
+#pragma unroll
+        for (int k = 0; k < kUnit; ++k) {
+          if ((bits >> k) & 1u) acc.v[k] = static_cast<T>(static_cast<acc_t>(acc.v[k]) + static_cast<acc_t>(add.v[k]));
+        }
+        *reinterpret_cast<Pack<T>*>(dst + i0) = acc;
+      },
+      [&](int64_t i, bool kept) {
+        if (kept) dst[i] = static_cast<T>(static_cast<acc_t>(dst[i]) + static_cast<acc_t>(src[i]));
+      });
+}
+
 // dst[i] = keep(i) ? src[i] : 0.
 template <typename T>
 __global__ void __launch_bounds__(kMaskThreads)
@@ -68,9 +142,17 @@ __global__ void __launch_bounds__(kMaskThreads)
 template <typename T>
 __global__ void __launch_bounds__(kMaskThreads)
     zero_dropped_kernel(T* __restrict__ dst, int64_t numel, DeviceDropout drop) {
-  for_each_with_mask(numel, load_mask(drop), [&](int64_t i, bool kept) {
-    if (!kept) dst[i] = T(0);
-  });
+  for_each_unit_with_mask(
+      numel, load_mask(drop),
+      [&](int64_t i0, uint32_t bits) {
+#pragma unroll
+        for (int k = 0; k < kUnit; ++k) {
+          if (!((bits >> k) & 1u)) dst[i0 + k] = T(0);
+        }
+      },
+      [&](int64_t i, bool kept) {
+        if (!kept) dst[i] = T(0);
+      });
 }
 
 // dst[i] += keep(i) ? src[i] : 0, summed in the accumulation type.
@@ -83,7 +165,8 @@ __global__ void __launch_bounds__(kMaskThreads)
   });
 }
 
-// Enough blocks to fill the GPU a few times over; the grid-stride loops do the rest.
+// Enough blocks to fill the GPU a few times over; the grid-stride loops do the rest
+// (one unit of 8 elements per thread per step, or a group of 4 in the scalar kernels).
 inline unsigned mask_blocks(int64_t numel, int sm_count) {
   const int64_t groups = (numel + 3) / 4;
   const int64_t wanted = (groups + kMaskThreads - 1) / kMaskThreads;
