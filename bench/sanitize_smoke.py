@@ -21,6 +21,8 @@ def adapters(dtype):
                     nn.init.normal_(p, std=0.1)
             layer.train()
             layer(x).square().sum().backward()
+            # x off the 16-byte grid: the element-by-element dropout kernels.
+            layer(torch.randn(n * i + 1, device="cuda", dtype=dtype)[1:].view(n, i)).sum().backward()
     x = torch.randn(33, 128, device="cuda", dtype=dtype, requires_grad=True)
     bat = peftcore.BoneLinear(nn.Linear(128, 192), r=64, variant="bat").to("cuda", dtype)
     bat(x).sum().backward()
