@@ -12,7 +12,7 @@ from torch import nn
 
 import peftcore
 
-from .bench_lora import rotating_fwd_bwd, saved_activation_bytes
+from .bench_lora import peak_extra_bytes, rotating_fwd_bwd, saved_activation_bytes
 from .common import Limits, time_alternating, timing_row
 
 QUICK_SHAPES = [(4096, 1024, 1024, 64)]
@@ -53,7 +53,8 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, limits: Limits, p
         torch.manual_seed(0)
         mods = build(nn.Linear(i, o, device=device, dtype=dtype), r)
         xs, step = rotating_fwd_bwd(n, i, o, device, dtype)
-        t = time_alternating({k: step(m) for k, m in mods.items()}, device, reps=reps, rounds=rounds)
+        steps = {k: step(m) for k, m in mods.items()}
+        t = time_alternating(steps, device, reps=reps, rounds=rounds)
         # The limit view: the frozen layer's own FLOPs (x W^T and G W) per second, as a
         # share of the large-GEMM rate measured in this run: what the adapter leaves of it.
         base_flops, peak = 4 * n * i * o, limits.matmul_tflops[str(dtype).replace("torch.", "")]
@@ -66,5 +67,6 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, limits: Limits, p
                                    peft_over_this=t[peer].median_s / timing.median_s if peer in t else float("nan"),
                                    base_tflops=base_flops / timing.median_s / 1e12,
                                    pct_matmul_peak=100 * base_flops / timing.median_s / 1e12 / peak,
-                                   saved_MiB=saved_activation_bytes(mods[name], xs[0]) / 2**20))
+                                   saved_MiB=saved_activation_bytes(mods[name], xs[0]) / 2**20,
+                                   peak_MiB=peak_extra_bytes(steps[name], device) / 2**20))
     return rows

@@ -50,6 +50,19 @@ def saved_activation_bytes(module: nn.Module, x: torch.Tensor) -> int:
     return sum(seen.values())
 
 
+def peak_extra_bytes(fn, device: torch.device) -> float:
+    """GPU memory that one call of fn (a forward + backward) holds at its peak beyond
+    what was allocated before it; NaN on a CPU, which keeps no allocator statistics."""
+    if device.type != "cuda":
+        return float("nan")
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return float(torch.cuda.max_memory_allocated(device) - before)
+
+
 def rotating_fwd_bwd(n: int, i: int, o: int, device, dtype):
     """Three rotating inputs (so a small case does not run from warm caches only) and a
     factory of forward + backward closures over them."""
@@ -92,8 +105,8 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, limits: Limits, p
             base = nn.Linear(i, o, device=device, dtype=dtype)
             modules = build_candidates(base, r, dropout)
             xs, step = rotating_fwd_bwd(n, i, o, device, dtype)
-            timings = time_alternating({k: step(m) for k, m in modules.items()}, device,
-                                       reps=reps, rounds=rounds)
+            steps = {k: step(m) for k, m in modules.items()}
+            timings = time_alternating(steps, device, reps=reps, rounds=rounds)
             flops = lora_flops(n, i, o, r)
             peak = limits.matmul_tflops[str(dtype).replace("torch.", "")]
             for name, t in timings.items():
@@ -105,5 +118,6 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, limits: Limits, p
                                        vs_frozen_base=t.median_s / timings["frozen base"].median_s,
                                        hf_peft_over_this=timings["hf peft"].median_s / t.median_s,
                                        tflops=tflops, pct_matmul_peak=100 * tflops / peak,
-                                       saved_MiB=saved_activation_bytes(modules[name], xs[0]) / 2**20))
+                                       saved_MiB=saved_activation_bytes(modules[name], xs[0]) / 2**20,
+                                       peak_MiB=peak_extra_bytes(steps[name], device) / 2**20))
     return rows
