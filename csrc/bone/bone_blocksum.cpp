@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
+#include "common/tn_product.h"
 #include "lora/lora_checks.h"
 
 namespace peftcore {
@@ -117,7 +118,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bone_linear_backward(
   }
   if (output_mask[1]) grad_w = at::mm(g.t(), x2);
   if (output_mask[2]) grad_b = at::sum(g, {0});
-  if (output_mask[3]) grad_up = at::mm(g.t(), hidden);
+  if (output_mask[3]) {
+    // [out, r] = G^T hidden. On the CPU as hidden^T G in row slabs (common/tn_product):
+    // 3.78 vs 4.24 ms for MKL's whole G^T hidden at N=4096, out=1024, r=64, fp32.
+    if (x.is_cpu()) {
+      const bool low = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
+      grad_up = tn_product(hidden, g, low ? at::kFloat : x.scalar_type()).t().contiguous().to(x.scalar_type());
+    } else {
+      grad_up = at::mm(g.t(), hidden);
+    }
+  }
   return {grad_x, grad_w, grad_b, grad_up};
 }
 
