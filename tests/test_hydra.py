@@ -46,9 +46,10 @@ def test_float64_matches_reference(device, lead, n_in, n_out, rp, rs, p):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, *LOW_PRECISION])
-def test_low_precision_as_accurate_as_torch(device, dtype):
+@pytest.mark.parametrize("rows", [40, 400])  # fp32 at 400 rows: the merged-weight path
+def test_low_precision_as_accurate_as_torch(device, dtype, rows):
     low = [x.detach().requires_grad_(True) if x is not None else None
-           for x in make((40,), 96, 64, 8, 4, dtype, device)]
+           for x in make((rows,), 96, 64, 8, 4, dtype, device)]
     hi = [x.detach().double().requires_grad_(True) if x is not None else None for x in low]
     out = hydra_op(*low, 2.0, 2.0, 0.0, None)[0]
     torch_low = reference.hydra_linear(*low, 2.0, 2.0)
@@ -62,9 +63,10 @@ def test_low_precision_as_accurate_as_torch(device, dtype):
         assert_as_accurate_as_torch(a, b, c, f"grad {dtype}")
 
 
-def test_gradcheck_and_opcheck(device):
+@pytest.mark.parametrize("lead,n_in,n_out", [((3, 2), 5, 4), ((3,), 9, 8)])  # N large / small for the merged path
+def test_gradcheck_and_opcheck(device, lead, n_in, n_out):
     for p in (0.0, 0.4):
-        t = make((3, 2), 5, 4, 2, 3, torch.float64, device)
+        t = make(lead, n_in, n_out, 2, 3, torch.float64, device)
         seed = seed_for(device) if p > 0 else None
         assert torch.autograd.gradcheck(lambda *a: hydra_op(*a, 0.5, 1.5, p, seed)[0], tuple(t))
         t32 = [x.detach().float().requires_grad_(True) if x is not None else None for x in t]

@@ -14,6 +14,7 @@
 #include "common/checks.h"
 #include "common/tn_product.h"
 #include "lora/lora_checks.h"
+#include "lora/lora_compose.h"
 
 namespace peftcore {
 namespace {
@@ -74,13 +75,11 @@ at::Tensor merged_weight(const at::Tensor& weight, const at::Tensor& up, int64_t
   return w;
 }
 
-// As lora_linear's merged-weight path: in float32/float64 (W + up S rounds once,
-// below the GEMM's own rounding; never in 16-bit) and when N is large enough that
-// the out x in pass is cheaper than the N-sized passes it removes (the accumulate
-// into y, and in backward G up plus the add into every block of dx).
+// As lora_linear's merged-weight path (lora_compose.h): W + up S rounds once, below
+// the GEMM's own rounding in float32/float64, and the out x in pass replaces the
+// accumulate into y and, in backward, G up plus the add into every block of dx.
 bool use_merged_weight(const BoneDims& d, const at::Tensor& x) {
-  const auto dt = x.scalar_type();
-  return (dt == at::kFloat || dt == at::kDouble) && d.rows * (d.in + d.out) >= 2 * d.in * d.out;
+  return merged_weight_pays(d.rows, d.in, d.out, x.scalar_type());
 }
 
 std::tuple<at::Tensor, at::Tensor> bone_linear(const at::Tensor& x, const at::Tensor& weight,

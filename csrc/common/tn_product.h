@@ -12,4 +12,15 @@ namespace peftcore {
 // large GEMM's FLOP rate here (2 cores); in slabs 1.5-1.8x faster (N=4096, r=16).
 at::Tensor tn_product(const at::Tensor& a, const at::Tensor& b, at::ScalarType out_dtype);
 
+// For tall g [N, C], x [N, K] and hidden [N, r], with b_rows [r, C]: writes
+// t = scale * g b_rows^T into t [N, r] and, when given, adds t^T x into acc_x [r, K]
+// and hidden^T g into acc_g [r, C]. The rows go a block at a time on each thread, so
+// each block of g serves t and acc_g while it is in cache: g is read once, not twice
+// (LoRA: N=4096, 1024^2, r=16, fp32, 2 cores: -0.9% of the layer's forward +
+// backward in-process, -1.5% between processes). Partial sums per thread are added
+// in thread order (deterministic for a given thread count). CPU, fp32/fp64 (the
+// accumulators share the operands' dtype).
+void row_block_grads(const at::Tensor& g, const at::Tensor& x, const at::Tensor& hidden, const at::Tensor& b_rows,
+                     double scale, at::Tensor& t, at::Tensor* acc_x, at::Tensor* acc_g);
+
 }  // namespace peftcore

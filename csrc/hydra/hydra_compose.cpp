@@ -1,9 +1,12 @@
 #include "hydra/hydra_compose.h"
 
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/addmv.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/mv.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/ops/sum.h>
 #include <c10/core/DeviceGuard.h>
 
@@ -34,16 +37,71 @@ at::Tensor no_hidden(const at::Tensor& x, int64_t rows) { return at::empty({rows
 
 at::Tensor empty_grad(const at::Tensor& like) { return at::empty({0}, like.options()); }
 
-// The branches' factors side by side (rank p first): [N, r_p + r_s] or [out, r_p + r_s].
-at::Tensor side_by_side(const HydraDims& d, const at::Tensor& p, const at::Tensor& s) {
+// The branches' factors side by side (rank p first): [N, r_p + r_s] or [out, r_p + r_s];
+// with dim 0 stacked: [r_p + r_s, in].
+at::Tensor side_by_side(const HydraDims& d, const at::Tensor& p, const at::Tensor& s, int64_t dim = 1) {
   if (d.rank_s == 0) return p;
   if (d.rank_p == 0) return s;
-  return at::cat({p, s}, 1);
+  return at::cat({p, s}, dim);
 }
 
 // [B_p | B_s]: [out, r_p + r_s].
 at::Tensor ups(const HydraDims& d, const std::optional<at::Tensor>& B_p, const std::optional<at::Tensor>& B_s) {
   return side_by_side(d, d.rank_p ? *B_p : at::Tensor(), d.rank_s ? *B_s : at::Tensor());
+}
+
+// The branches folded into the weight (hydra's merge, in float32/float64 when N is
+// large: see merged_weight_pays in lora_compose.h):
+//   W'' = W + [s_p B_p | s_s B_s] [A_p ; A_s W],  b'' = b + s_s B_s A_s b,
+// so y = x W''^T + b'' and dx = G W'' are single GEMMs, and the hidden states come
+// from x alone: [hidden_p | hidden_s] = x [A_p ; A_s W]^T, plus s_s (A_s b)^T in hidden_s
+// (h A_s^T = x (A_s W)^T + (A_s b)^T). Nothing N x out is read back or added into.
+struct MergedHydra {
+  at::Tensor weight, bias;  // W'', b'' (undefined without a bias)
+  at::Tensor rows;          // [A_p ; A_s W]: [r_p + r_s, in]
+  at::Tensor as_bias;       // A_s b: [r_s] (undefined without a bias or a sequential branch)
+};
+
+// [s_p B_p | s_s B_s]: [out, r_p + r_s].
+at::Tensor scaled_ups(const HydraDims& d, const std::optional<at::Tensor>& B_p, const std::optional<at::Tensor>& B_s,
+                      double scale_p, double scale_s) {
+  return side_by_side(d, d.rank_p ? B_p->mul(scale_p) : at::Tensor(), d.rank_s ? B_s->mul(scale_s) : at::Tensor());
+}
+
+MergedHydra merge_branches(const HydraDims& d, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                           const std::optional<at::Tensor>& A_p, const std::optional<at::Tensor>& B_p,
+                           const std::optional<at::Tensor>& A_s, const std::optional<at::Tensor>& B_s,
+                           double scale_p, double scale_s) {
+  MergedHydra m;
+  const at::Tensor as_w = d.rank_s ? at::mm(*A_s, weight) : at::Tensor();
+  m.rows = side_by_side(d, d.rank_p ? *A_p : at::Tensor(), as_w, 0);
+  m.weight = at::addmm(weight, scaled_ups(d, B_p, B_s, scale_p, scale_s), m.rows);
+  if (present(bias)) {
+    m.bias = *bias;
+    if (d.rank_s) {
+      m.as_bias = at::mv(*A_s, *bias);
+      m.bias = at::addmv(*bias, *B_s, m.as_bias, /*beta=*/1, /*alpha=*/scale_s);
+    }
+  }
+  return m;
+}
+
+HydraForward forward_merged(const HydraDims& d, const at::Tensor& x, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& A_p,
+                            const std::optional<at::Tensor>& B_p, const std::optional<at::Tensor>& A_s,
+                            const std::optional<at::Tensor>& B_s, double scale_p, double scale_s) {
+  const at::Tensor x2 = x.reshape({d.rows, d.in});
+  const MergedHydra m = merge_branches(d, weight, bias, A_p, B_p, A_s, B_s, scale_p, scale_s);
+  at::Tensor y = m.bias.defined() ? at::addmm(m.bias, x2, m.weight.t()) : at::mm(x2, m.weight.t());
+  const at::Tensor hidden = at::mm(x2, m.rows.t());  // [N, r_p + r_s]
+  at::Tensor hidden_p = no_hidden(x, d.rows), hidden_s = no_hidden(x, d.rows);
+  if (d.rank_p > 0) hidden_p = hidden.narrow(1, 0, d.rank_p).mul(scale_p);
+  if (d.rank_s > 0) {
+    hidden_s = hidden.narrow(1, d.rank_p, d.rank_s);
+    hidden_s = m.as_bias.defined() ? hidden_s.add(m.as_bias.unsqueeze(0)).mul_(scale_s) : hidden_s.mul(scale_s);
+  }
+  if (!y.is_contiguous()) y = y.contiguous();
+  return {y.view(with_last_dim(x, d.out)), at::empty({0}, x.options()), hidden_p, hidden_s};
 }
 
 // Without dropout: h is the output buffer itself. hidden_s = s_s h A_s^T is taken
@@ -76,25 +134,39 @@ HydraBackward backward_no_dropout(const HydraDims& d, const at::Tensor& g, const
                                   double scale_s, std::array<bool, 7> mask) {
   const at::Tensor x2 = x.reshape({d.rows, d.in});
   const int64_t rp = d.rank_p, rs = d.rank_s;
-  const bool need_t = mask[0] || mask[3] || (rs > 0 && (mask[1] || mask[2] || mask[5]));
-  at::Tensor t, q;
-  if (need_t) {
+  const bool merged = mask[0] && merged_weight_pays(d.rows, d.in, d.out, x.scalar_type());  // dx = G W''
+  const bool need_t = (mask[0] && !merged) || mask[3] || (rs > 0 && (mask[1] || mask[2] || mask[5]));
+  const bool need_q = mask[3] || (rs > 0 && (mask[1] || mask[5]));
+  const bool need_db = mask[4] || mask[6];
+  const auto dt = x.scalar_type();
+  at::Tensor t, q, db;  // T [N, r_p + r_s], Q = T^T x [r_p + r_s, in], dB [out, r_p + r_s]
+  if (need_t && x.is_cpu() && (dt == at::kFloat || dt == at::kDouble)) {
+    // One pass over G for T and dB (common/tn_product.h), Q from the same row blocks.
+    t = at::empty({d.rows, rp + rs}, g.options());
+    at::Tensor q_acc = need_q ? at::zeros({rp + rs, d.in}, g.options()) : at::Tensor();
+    at::Tensor db_acc = need_db ? at::zeros({rp + rs, d.out}, g.options()) : at::Tensor();
+    row_block_grads(g, x2, side_by_side(d, hidden_p, hidden_s), scaled_ups(d, B_p, B_s, scale_p, scale_s).t().contiguous(),
+                    1.0, t, need_q ? &q_acc : nullptr, need_db ? &db_acc : nullptr);
+    q = q_acc;
+    if (need_db) db = db_acc.t();
+  } else if (need_t) {
     t = at::mm(g, ups(d, B_p, B_s));
     if (rp > 0) t.narrow(1, 0, rp).mul_(scale_p);
     if (rs > 0) t.narrow(1, rp, rs).mul_(scale_s);
+    if (need_q) q = tn_product(t, x2, t.scalar_type());
   }
-  const bool need_q = mask[3] || (rs > 0 && (mask[1] || mask[5]));
-  if (need_q) q = tn_product(t, x2, t.scalar_type());  // [r_p + r_s, in]
+  if (need_db && !db.defined()) db = tn_product(g, side_by_side(d, hidden_p, hidden_s), g.scalar_type());
   const at::Tensor t_s = (need_t && rs > 0) ? t.narrow(1, rp, rs) : at::Tensor();
   const at::Tensor q_s = (need_q && rs > 0) ? q.narrow(0, rp, rs) : at::Tensor();
 
   at::Tensor grad_x = empty_grad(x), grad_w = empty_grad(x), grad_b = empty_grad(x);
   at::Tensor grad_ap = empty_grad(x), grad_bp = empty_grad(x), grad_as = empty_grad(x), grad_bs = empty_grad(x);
-  if (mask[0]) {
+  if (merged) {
+    grad_x = at::mm(g, merge_branches(d, weight, bias, A_p, B_p, A_s, B_s, scale_p, scale_s).weight).view(x.sizes());
+  } else if (mask[0]) {
     // The skinny term first, then the large GEMM adds into it (beta = 1; see lora_compose.h).
     const at::Tensor as_w = rs > 0 ? at::mm(*A_s, weight) : at::Tensor();  // [r_s, in]
-    const at::Tensor m = rp > 0 && rs > 0 ? at::cat({*A_p, as_w}, 0) : (rp > 0 ? *A_p : as_w);
-    grad_x = at::mm(t, m);
+    grad_x = at::mm(t, side_by_side(d, rp > 0 ? *A_p : at::Tensor(), as_w, 0));
     grad_x.addmm_(g, weight);
     grad_x = grad_x.view(x.sizes());
   }
@@ -106,8 +178,7 @@ HydraBackward backward_no_dropout(const HydraDims& d, const at::Tensor& g, const
     grad_b = at::sum(g, {0});
     if (rs > 0) grad_b.add_(at::mm(at::sum(t_s, {0}, true), *A_s).squeeze(0));
   }
-  if (mask[4] || mask[6]) {
-    const at::Tensor db = tn_product(g, side_by_side(d, hidden_p, hidden_s), g.scalar_type());  // [out, r_p + r_s]
+  if (need_db) {
     if (mask[4]) grad_bp = db.narrow(1, 0, rp).contiguous();
     if (mask[6]) grad_bs = db.narrow(1, rp, rs).contiguous();
   }
@@ -128,6 +199,9 @@ HydraForward hydra_forward(const LoraSkinnyOps& ops, const at::Tensor& x, const 
                            double dropout_p, const std::optional<at::Tensor>& dropout_seed) {
   const HydraDims d = check_hydra_forward(x, weight, bias, A_p, B_p, A_s, B_s, dropout_p, dropout_seed);
   const c10::OptionalDeviceGuard guard(x.device());
+  if (dropout_p == 0.0 && merged_weight_pays(d.rows, d.in, d.out, x.scalar_type())) {
+    return forward_merged(d, x, weight, bias, A_p, B_p, A_s, B_s, scale_p, scale_s);
+  }
   if (dropout_p == 0.0) return forward_no_dropout(d, x, weight, bias, A_p, B_p, A_s, B_s, scale_p, scale_s);
   const HydraDropout drop(dropout_p, dropout_seed);
   const double keep = 1.0 - dropout_p;

@@ -3,7 +3,9 @@
 // and the sequential branch on h; backward folds the sequential branch into the
 // gradient of h first, so dx = G_h W + m_x∘(T_p A_p) needs one large GEMM.
 // Without dropout both branches go through ATen GEMMs with their factors
-// concatenated, and h is neither saved nor copied (see hydra_compose.cpp).
+// concatenated, and h is neither saved nor copied; in float32/float64 at large N the
+// branches fold into the weight (W'' = W + s_p B_p A_p + s_s B_s A_s W, the merge) so
+// that forward and dx are single GEMMs (see hydra_compose.cpp).
 //   G_h = G + m_h∘(T_s A_s),  T_s = s_s' G B_s,  T_p = s_p' G B_p
 //   dB_p = G^T hidden_p, dA_p = T_p^T (m_x∘x), dB_s = G^T hidden_s, dA_s = T_s^T (m_h∘h)
 //   dW = G_h^T x, db = Σ_rows G_h

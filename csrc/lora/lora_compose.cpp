@@ -23,12 +23,8 @@ const DropoutSpec* ptr(const std::optional<DropoutSpec>& spec) {
 
 at::Tensor empty_grad(const at::Tensor& like) { return at::empty({0}, like.options()); }
 
-// See "Merged-weight path" in lora_compose.h. Two N-sized read-modify-write passes
-// (about 2 N (in + out) element moves) against forming W + s B A (about 2 in out).
 bool use_merged_weight(const LoraDims& d, const at::Tensor& x, double dropout_p) {
-  const auto dt = x.scalar_type();
-  return dropout_p == 0.0 && (dt == at::kFloat || dt == at::kDouble) &&
-         d.rows * (d.in + d.out) >= 2 * d.in * d.out;
+  return dropout_p == 0.0 && merged_weight_pays(d.rows, d.in, d.out, x.scalar_type());
 }
 
 at::Tensor merged_weight(const at::Tensor& weight, const at::Tensor& lora_A,
@@ -39,6 +35,10 @@ at::Tensor merged_weight(const at::Tensor& weight, const at::Tensor& lora_A,
 at::Tensor contiguous_result(at::Tensor t) { return t.is_contiguous() ? t : t.contiguous(); }
 
 }  // namespace
+
+bool merged_weight_pays(int64_t rows, int64_t in, int64_t out, at::ScalarType dtype) {
+  return (dtype == at::kFloat || dtype == at::kDouble) && rows * (in + out) >= 2 * in * out;
+}
 
 std::tuple<at::Tensor, at::Tensor> lora_forward(const LoraSkinnyOps& ops, const at::Tensor& x,
                                                 const at::Tensor& weight,

@@ -56,6 +56,13 @@ struct LoraSkinnyOps {
                               bool want_A, bool want_B);
 };
 
+// Whether an adapter whose delta folds into the weight runs as single GEMMs with the
+// merged weight (above): float32/float64 only, and N large enough that the N-sized
+// read-modify-write passes it removes (about 2 N (in + out) element moves) outweigh
+// forming W + delta (about 2 in out). Shared by lora_linear (without dropout),
+// hydra_linear (without dropout) and bone_linear.
+bool merged_weight_pays(int64_t rows, int64_t in, int64_t out, at::ScalarType dtype);
+
 std::tuple<at::Tensor, at::Tensor> lora_forward(const LoraSkinnyOps& ops, const at::Tensor& x,
                                                 const at::Tensor& weight,
                                                 const std::optional<at::Tensor>& bias,

@@ -9,7 +9,6 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
-#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -115,42 +114,6 @@ void expand_add_cpu(at::Tensor& y, const at::Tensor& h, const at::Tensor& B) {
   y.addmm_(h, B.t());
 }
 
-// Without dropout and without the dx term (the merged-weight path forms dx), dB, T
-// and dA take the rows a block at a time on each thread: G's block serves T and dB
-// while it is in cache, so G is read once instead of twice (N=4096, 1024^2, r=16,
-// fp32, 2 cores: 0.9% of the layer's forward + backward, 40 alternating rounds).
-// Partial sums per thread, added in thread order (deterministic for a given thread
-// count). 16-bit inputs keep the separate passes: their sums are float32.
-void fused_weight_grads(const at::Tensor& g, const at::Tensor& x, const at::Tensor& hidden,
-                        const at::Tensor& b_rows, double scale, at::Tensor& t, at::Tensor* grad_a,
-                        at::Tensor* grad_b_t) {
-  const int64_t n = g.size(0), parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n / 64));
-  // About 1 MiB of G per block.
-  const int64_t block = std::clamp<int64_t>((int64_t{1} << 20) / std::max<int64_t>(1, g.size(1) * g.element_size()),
-                                            16, std::max<int64_t>(n, 16));
-  std::vector<at::Tensor> part_a(parts), part_b(parts);
-  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t row_begin = n * p / parts, row_end = n * (p + 1) / parts;
-      if (grad_a) part_a[p] = at::zeros_like(*grad_a);
-      if (grad_b_t) part_b[p] = at::zeros_like(*grad_b_t);
-      for (int64_t r0 = row_begin; r0 < row_end; r0 += block) {
-        const int64_t rows = std::min(block, row_end - r0);
-        const at::Tensor g_block = g.narrow(0, r0, rows);
-        if (grad_b_t) part_b[p].addmm_(hidden.narrow(0, r0, rows).t(), g_block);
-        at::Tensor t_block = t.narrow(0, r0, rows);
-        at::mm_out(t_block, g_block, b_rows.t());
-        t_block.mul_(scale);
-        if (grad_a) part_a[p].addmm_(t_block.t(), x.narrow(0, r0, rows));
-      }
-    }
-  });
-  for (int64_t p = 0; p < parts; ++p) {
-    if (grad_a) grad_a->add_(part_a[p]);
-    if (grad_b_t) grad_b_t->add_(part_b[p]);
-  }
-}
-
 LoraSkinnyGrads backward_cpu(const at::Tensor& g, const at::Tensor& x, const at::Tensor& hidden,
                              const at::Tensor& A, const at::Tensor& B, double scale,
                              const DropoutSpec* dropout, at::Tensor* grad_x, bool want_A,
@@ -192,7 +155,7 @@ LoraSkinnyGrads backward_cpu(const at::Tensor& g, const at::Tensor& x, const at:
   };
   const auto dt = x.scalar_type();
   if (dropout == nullptr && grad_x == nullptr && need_t && (dt == at::kFloat || dt == at::kDouble)) {
-    fused_weight_grads(g, x, hidden, b_rows, scale, t, want_A ? &grad_a : nullptr, want_B ? &grad_b_t : nullptr);
+    row_block_grads(g, x, hidden, b_rows, scale, t, want_A ? &grad_a : nullptr, want_B ? &grad_b_t : nullptr);
   } else if (dropout == nullptr) {
     block(0, n, nullptr);
   } else {
