@@ -283,6 +283,28 @@ def test_gpt2_conv1d_matches_peft_and_unloads_to_conv1d():
         assert rel(plain(ids).logits, expected) <= 1e-5
 
 
+def test_gpt2_to_peft_and_from_peft_round_trip(tmp_path):
+    # GPT-2's Conv1D targets: PEFT's fan_in_fan_out adapters, both ways.
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=96, n_positions=32, n_embd=48, n_layer=2, n_head=4)
+    base = transformers.GPT2LMHeadModel(cfg).eval()
+    ours = peftcore.inject(copy.deepcopy(base), LoraConfig(r=4, alpha=8, target_modules=["c_attn", "c_proj"]))
+    randomize_b(ours)
+    ids = torch.randint(0, 96, (2, 7))
+    with torch.no_grad():
+        expected = ours(ids).logits
+    peftcore.to_peft(ours, tmp_path / "peft")
+    assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["fan_in_fan_out"] is True
+    loaded = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "peft").eval()
+    with torch.no_grad():
+        assert rel(loaded(ids).logits, expected) <= 1e-5
+    loaded.save_pretrained(tmp_path / "peft2")
+    again = peftcore.from_peft(copy.deepcopy(base), tmp_path / "peft2")
+    assert isinstance(again.transformer.h[0].attn.c_attn, peftcore.LoraLinear)
+    with torch.no_grad():
+        assert rel(again(ids).logits, expected) <= 1e-5
+
+
 def test_disable_adapters_runs_the_base_model_and_restores():
     base = tiny_llama()
     model = peftcore.inject(copy.deepcopy(base), LoraConfig(r=4, alpha=8, target_modules=TARGETS))

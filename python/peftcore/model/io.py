@@ -230,12 +230,17 @@ def load_adapter(model: nn.Module, directory: PathLike, adapter_name: str | None
 _MISS_INIT = {"bone": True, "mini": "mini", "bat": "bat"}
 
 
-def _peft_config(config, names: list[str]) -> dict:
+def _peft_config(config, layers: dict[str, nn.Module]) -> dict:
+    names = sorted(layers)
     common = {"task_type": None, "target_modules": names, "bias": "none", "inference_mode": True,
               "modules_to_save": None, "base_model_name_or_path": None}
     if config.kind == "lora":
+        # PEFT's one flag for HF Conv1D bases (GPT-2), whose weight is stored [in, out];
+        # A and B have the same layout either way.
+        conv1d = bool(layers) and all(hasattr(getattr(layer, "base_layer", None), "peftcore_source")
+                                      for layer in layers.values())
         return {**common, "peft_type": "LORA", "r": config.r, "lora_alpha": config.alpha,
-                "lora_dropout": config.dropout, "use_rslora": config.use_rslora, "fan_in_fan_out": False,
+                "lora_dropout": config.dropout, "use_rslora": config.use_rslora, "fan_in_fan_out": conv1d,
                 "init_lora_weights": True}
     if config.kind == "bone":
         return {**common, "peft_type": "MISS", "r": config.r, "init_weights": _MISS_INIT[config.variant],
@@ -251,8 +256,7 @@ def to_peft(model: nn.Module, directory: PathLike, adapter_name: str | None = No
     from safetensors.torch import save_file
 
     name, config = _chosen_adapter(model, adapter_name)
-    names = sorted(site_layers(model, name))
-    peft_config = _peft_config(config, names)
+    peft_config = _peft_config(config, site_layers(model, name))
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = _adapter_tensors(model, name, prefix=PEFT_PREFIX)
@@ -266,8 +270,11 @@ def _config_from_peft(cfg: dict, directory: Path):
         if cfg.get(unsupported):
             raise ValueError(f"{directory}: {unsupported} is not supported yet")
     if kind == "LORA":
-        if cfg.get("fan_in_fan_out") or cfg.get("use_dora"):
-            raise ValueError(f"{directory}: fan_in_fan_out / DoRA adapters are not supported yet")
+        # fan_in_fan_out only says the base weight is stored [in, out] (HF Conv1D): the
+        # injection tells Conv1D from nn.Linear by type, as PEFT does when the flag and
+        # the module disagree, and A / B are laid out the same.
+        if cfg.get("use_dora"):
+            raise ValueError(f"{directory}: DoRA adapters are not supported yet")
         return LoraConfig(r=int(cfg["r"]), alpha=float(cfg.get("lora_alpha", cfg["r"])),
                           dropout=float(cfg.get("lora_dropout", 0.0)), target_modules=cfg.get("target_modules"),
                           exclude_modules=cfg.get("exclude_modules"), use_rslora=bool(cfg.get("use_rslora", False)))
