@@ -87,6 +87,31 @@ def test_to_peft_and_from_peft_round_trip(tmp_path):
         assert rel(again(ids).logits, expected) <= 1e-5
 
 
+def test_rank_and_alpha_patterns_match_peft_both_ways(tmp_path):
+    base = tiny_llama()
+    patterns = {"rank_pattern": {"v_proj": 2, r"layers\.1\.self_attn\.q_proj": 6}, "alpha_pattern": {"q_proj": 3.0}}
+    ours = peftcore.inject(copy.deepcopy(base), LoraConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"],
+                                                           **patterns))
+    layers = peftcore.model.lora_layers(ours)
+    assert layers["model.layers.0.self_attn.v_proj"].lora_A.weight.shape[0] == 2
+    assert layers["model.layers.1.self_attn.q_proj"].lora_A.weight.shape[0] == 6
+    assert layers["model.layers.0.self_attn.q_proj"].lora_A.weight.shape[0] == 4
+    assert layers["model.layers.0.self_attn.q_proj"].scaling == 3.0 / 4
+    randomize_b(ours)
+    twin = peft_twin(base, ours, ["q_proj", "v_proj"], 4, 8, **patterns)
+    ids = torch.randint(0, 128, (1, 9))
+    with torch.no_grad():
+        expected = twin(ids).logits
+        assert rel(ours(ids).logits, expected) <= 1e-5
+    twin.save_pretrained(tmp_path / "peft")
+    again = peftcore.from_peft(copy.deepcopy(base), tmp_path / "peft")
+    peftcore.to_peft(again, tmp_path / "back")
+    loaded = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "back").eval()
+    with torch.no_grad():
+        assert rel(again(ids).logits, expected) <= 1e-5
+        assert rel(loaded(ids).logits, expected) <= 1e-5
+
+
 def test_merge_and_unload_gives_plain_linears_and_same_output():
     model = peftcore.inject(tiny_llama(), LoraConfig(r=4, alpha=8, target_modules=TARGETS))
     randomize_b(model)

@@ -37,21 +37,42 @@ class _AdapterConfig:
         return {**asdict(self), "kind": self.kind}
 
 
+def pattern_key(patterns: dict, name: str) -> Optional[str]:
+    """PEFT's rule for rank_pattern / alpha_pattern: the first key that, as a regular
+    expression, matches the end of the module name after a "." (or all of it)."""
+    for key in patterns:
+        if re.match(rf"(.*\.)?({key})$", name):
+            return key
+    return None
+
+
 @dataclass
 class LoraConfig(_AdapterConfig):
-    """LoRA (`peftcore.LoraLinear`): r, alpha, dropout, use_rslora."""
+    """LoRA (`peftcore.LoraLinear`): r, alpha, dropout, use_rslora; `rank_pattern` and
+    `alpha_pattern` ({module-name pattern: value}) override r and alpha per module, as
+    in HF PEFT."""
 
     kind = "lora"
     r: int = 8
     alpha: float = 8.0
     dropout: float = 0.0
     use_rslora: bool = False
+    rank_pattern: dict = field(default_factory=dict)
+    alpha_pattern: dict = field(default_factory=dict)
 
-    def make_layer(self, base: nn.Linear) -> nn.Module:
-        return LoraLinear(base, r=self.r, alpha=self.alpha, dropout=self.dropout, use_rslora=self.use_rslora)
+    def rank_alpha(self, name: str = "") -> tuple[int, float]:
+        """(r, alpha) of the module called `name`."""
+        r_key, a_key = pattern_key(self.rank_pattern, name), pattern_key(self.alpha_pattern, name)
+        return (int(self.rank_pattern[r_key]) if r_key is not None else self.r,
+                float(self.alpha_pattern[a_key]) if a_key is not None else self.alpha)
 
-    def param_shapes(self, n_in: int, n_out: int) -> dict[str, tuple[int, ...]]:
-        return {"lora_A.weight": (self.r, n_in), "lora_B.weight": (n_out, self.r)}
+    def make_layer(self, base: nn.Linear, name: str = "") -> nn.Module:
+        r, alpha = self.rank_alpha(name)
+        return LoraLinear(base, r=r, alpha=alpha, dropout=self.dropout, use_rslora=self.use_rslora)
+
+    def param_shapes(self, n_in: int, n_out: int, name: str = "") -> dict[str, tuple[int, ...]]:
+        r = self.rank_alpha(name)[0]
+        return {"lora_A.weight": (r, n_in), "lora_B.weight": (n_out, r)}
 
 
 @dataclass
@@ -65,11 +86,11 @@ class HydraConfig(_AdapterConfig):
     alpha_sequential: float = 8.0
     dropout: float = 0.0
 
-    def make_layer(self, base: nn.Linear) -> nn.Module:
+    def make_layer(self, base: nn.Linear, name: str = "") -> nn.Module:
         return HydraLinear(base, self.r_parallel, self.r_sequential, self.alpha_parallel,
                            self.alpha_sequential, self.dropout)
 
-    def param_shapes(self, n_in: int, n_out: int) -> dict[str, tuple[int, ...]]:
+    def param_shapes(self, n_in: int, n_out: int, name: str = "") -> dict[str, tuple[int, ...]]:
         shapes = {}
         if self.r_parallel:
             shapes.update({"A_p": (self.r_parallel, n_in), "B_p": (n_out, self.r_parallel)})
@@ -88,10 +109,10 @@ class BoneConfig(_AdapterConfig):
     mini_r: int = 1
     dropout: float = 0.0
 
-    def make_layer(self, base: nn.Linear) -> nn.Module:
+    def make_layer(self, base: nn.Linear, name: str = "") -> nn.Module:
         return BoneLinear(base, r=self.r, variant=self.variant, mini_r=self.mini_r, dropout=self.dropout)
 
-    def param_shapes(self, n_in: int, n_out: int) -> dict[str, tuple[int, ...]]:
+    def param_shapes(self, n_in: int, n_out: int, name: str = "") -> dict[str, tuple[int, ...]]:
         shapes = {"bone": (self.r, n_out), "mini": (self.r, self.mini_r), "bat": (n_out // self.r, self.r, self.r)}
         return {"miss_block": shapes[self.variant]}
 

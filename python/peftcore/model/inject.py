@@ -101,7 +101,7 @@ def inject(model: nn.Module, config, adapter_name: str = "default") -> nn.Module
     for p in model.parameters():
         p.requires_grad_(False)
     for name in names:
-        layer = config.make_layer(as_linear(model.get_submodule(name)))
+        layer = config.make_layer(as_linear(model.get_submodule(name)), name)
         layer.adapter_name = adapter_name
         _set_submodule(model, name, layer)
     _mark_modules_to_save(model, config)
@@ -156,9 +156,9 @@ def add_adapter(model: nn.Module, config, adapter_name: str) -> nn.Module:
         raise _no_match(config)
     made = []
     for name in fresh:
-        made.append((name, config.make_layer(as_linear(model.get_submodule(name)))))
+        made.append((name, config.make_layer(as_linear(model.get_submodule(name)), name)))
     for name, site in existing.items():
-        made.append((name, config.make_layer(site.base_layer)))
+        made.append((name, config.make_layer(site.base_layer, name)))
     for name, layer in made:  # built all first: a bad shape fails before the model changes
         layer.adapter_name, layer.active = adapter_name, False
         layer.requires_grad_(False)

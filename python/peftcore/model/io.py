@@ -127,7 +127,7 @@ def _base_linear(model: nn.Module, name: str) -> nn.Linear:
 def _check_tensors(tensors: dict[str, Tensor], model: nn.Module, names: list[str], config, source: Path,
                    key: Callable[[str, str], str]) -> None:
     """Every adapted layer has exactly the parameters `config` gives it, with their shapes."""
-    shapes = {n: config.param_shapes(_base_linear(model, n).in_features, _base_linear(model, n).out_features)
+    shapes = {n: config.param_shapes(_base_linear(model, n).in_features, _base_linear(model, n).out_features, n)
               for n in names}
     expected = {key(n, p) for n in names for p in shapes[n]}
     missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
@@ -209,7 +209,7 @@ def load_adapter(model: nn.Module, directory: PathLike, adapter_name: str | None
         if n in existing:
             have = {p: tuple(t.shape) for p, t in _layer_params(existing[n]).items()}
             base = _base_linear(model, n)
-            if have != {p: tuple(s) for p, s in config.param_shapes(base.in_features, base.out_features).items()}:
+            if have != {p: tuple(s) for p, s in config.param_shapes(base.in_features, base.out_features, n).items()}:
                 raise ValueError(f"{directory}: {n} already holds a different adapter ({have})")
     saved = {k[len(SAVED):]: t for k, t in tensors.items() if k.startswith(SAVED)}
     tensors = {k: t for k, t in tensors.items() if not k.startswith(SAVED)}
@@ -241,7 +241,8 @@ def _peft_config(config, layers: dict[str, nn.Module]) -> dict:
                                       for layer in layers.values())
         return {**common, "peft_type": "LORA", "r": config.r, "lora_alpha": config.alpha,
                 "lora_dropout": config.dropout, "use_rslora": config.use_rslora, "fan_in_fan_out": conv1d,
-                "init_lora_weights": True}
+                "init_lora_weights": True, "rank_pattern": dict(config.rank_pattern),
+                "alpha_pattern": dict(config.alpha_pattern)}
     if config.kind == "bone":
         return {**common, "peft_type": "MISS", "r": config.r, "init_weights": _MISS_INIT[config.variant],
                 "mini_r": config.mini_r, "miss_dropout": config.dropout}
@@ -266,9 +267,10 @@ def to_peft(model: nn.Module, directory: PathLike, adapter_name: str | None = No
 
 def _config_from_peft(cfg: dict, directory: Path):
     kind = cfg.get("peft_type")
-    for unsupported in ("rank_pattern", "alpha_pattern", "layers_to_transform"):
-        if cfg.get(unsupported):
-            raise ValueError(f"{directory}: {unsupported} is not supported yet")
+    if cfg.get("layers_to_transform"):
+        raise ValueError(f"{directory}: layers_to_transform is not supported yet")
+    if kind != "LORA" and (cfg.get("rank_pattern") or cfg.get("alpha_pattern")):
+        raise ValueError(f"{directory}: rank_pattern / alpha_pattern are read for LoRA adapters only")
     if kind == "LORA":
         # fan_in_fan_out only says the base weight is stored [in, out] (HF Conv1D): the
         # injection tells Conv1D from nn.Linear by type, as PEFT does when the flag and
@@ -277,7 +279,9 @@ def _config_from_peft(cfg: dict, directory: Path):
             raise ValueError(f"{directory}: DoRA adapters are not supported yet")
         return LoraConfig(r=int(cfg["r"]), alpha=float(cfg.get("lora_alpha", cfg["r"])),
                           dropout=float(cfg.get("lora_dropout", 0.0)), target_modules=cfg.get("target_modules"),
-                          exclude_modules=cfg.get("exclude_modules"), use_rslora=bool(cfg.get("use_rslora", False)))
+                          exclude_modules=cfg.get("exclude_modules"), use_rslora=bool(cfg.get("use_rslora", False)),
+                          rank_pattern=dict(cfg.get("rank_pattern") or {}),
+                          alpha_pattern=dict(cfg.get("alpha_pattern") or {}))
     if kind == "BONE":  # PEFT <= 0.16: MiSS's earlier name; no mini form and no dropout then
         return BoneConfig(r=int(cfg["r"]), variant="bat" if cfg.get("init_weights", True) == "bat" else "bone",
                           target_modules=cfg.get("target_modules"), exclude_modules=cfg.get("exclude_modules"))
