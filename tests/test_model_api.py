@@ -107,9 +107,12 @@ def test_rank_and_alpha_patterns_match_peft_both_ways(tmp_path):
     again = peftcore.from_peft(copy.deepcopy(base), tmp_path / "peft")
     peftcore.to_peft(again, tmp_path / "back")
     loaded = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "back").eval()
+    peftcore.save_adapter(again, tmp_path / "own")
+    own = peftcore.load_adapter(copy.deepcopy(base), tmp_path / "own")
     with torch.no_grad():
         assert rel(again(ids).logits, expected) <= 1e-5
         assert rel(loaded(ids).logits, expected) <= 1e-5
+        assert rel(own(ids).logits, expected) <= 1e-5
 
 
 def test_merge_and_unload_gives_plain_linears_and_same_output():
