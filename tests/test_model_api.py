@@ -115,6 +115,40 @@ def test_rank_and_alpha_patterns_match_peft_both_ways(tmp_path):
         assert rel(own(ids).logits, expected) <= 1e-5
 
 
+def test_peft_classification_adapter_with_its_head_both_ways(tmp_path):
+    # task_type SEQ_CLS: PEFT trains the head in full (modules_to_save) and saves it
+    # under its plain name beside the LoRA weights.
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                   num_labels=3, pad_token_id=0)
+    base = transformers.LlamaForSequenceClassification(cfg).eval()
+    theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=4, lora_alpha=8, task_type="SEQ_CLS",
+                                                                      target_modules=["q_proj", "v_proj"])).eval()
+    with torch.no_grad():
+        for n, p in theirs.named_parameters():
+            if "lora_B" in n or "modules_to_save" in n:
+                p.add_(torch.randn_like(p) * 0.05)
+    ids = torch.randint(1, 128, (2, 9))
+    with torch.no_grad():
+        expected = theirs(ids).logits
+    theirs.save_pretrained(tmp_path / "peft")
+    ours = peftcore.from_peft(copy.deepcopy(base), tmp_path / "peft")
+    assert ours.score.weight.requires_grad  # trained in full, as in PEFT
+    with torch.no_grad():
+        assert rel(ours(ids).logits, expected) <= 1e-5
+    peftcore.to_peft(ours, tmp_path / "back")
+    loaded = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "back").eval()
+    with torch.no_grad():
+        assert rel(loaded(ids).logits, expected) <= 1e-5
+    # A head of the wrong shape is refused and the model left as it was.
+    other = transformers.LlamaForSequenceClassification(transformers.LlamaConfig(**{**cfg.to_dict(), "num_labels": 5}))
+    before = {n: p.clone() for n, p in other.state_dict().items()}
+    with pytest.raises(ValueError, match="score.weight"):
+        peftcore.from_peft(other, tmp_path / "peft")
+    assert all(torch.equal(p, before[n]) for n, p in other.state_dict().items())
+
+
 def test_merge_and_unload_gives_plain_linears_and_same_output():
     model = peftcore.inject(tiny_llama(), LoraConfig(r=4, alpha=8, target_modules=TARGETS))
     randomize_b(model)

@@ -14,7 +14,7 @@ from typing import Callable, Union
 import torch
 from torch import Tensor, nn
 
-from .config import BoneConfig, LoraConfig, config_from_dict
+from .config import BoneConfig, LoraConfig, config_from_dict, matches
 from .inject import (
     active_adapters,
     adapter_names,
@@ -141,6 +141,15 @@ def _check_tensors(tensors: dict[str, Tensor], model: nn.Module, names: list[str
                 raise ValueError(f"{source}: {key(n, p)} has shape {tuple(t.shape)}, the model needs {tuple(shape)}")
 
 
+def _check_saved(saved: dict[str, Tensor], model: nn.Module, source: Path) -> None:
+    """The fully trained modules' tensors (`modules_to_save`, by parameter name) fit the model."""
+    params = dict(model.named_parameters())
+    for n, t in saved.items():
+        if n not in params or tuple(params[n].shape) != tuple(t.shape):
+            have = tuple(params[n].shape) if n in params else "no such parameter"
+            raise ValueError(f"{source}: saved module parameter {n} {tuple(t.shape)} does not match the model ({have})")
+
+
 def _install(model: nn.Module, config, names: list[str], tensors: dict[str, Tensor],
              key: Callable[[str, str], str], adapter_name: str,
              saved: dict[str, Tensor] | None = None) -> nn.Module:
@@ -213,12 +222,7 @@ def load_adapter(model: nn.Module, directory: PathLike, adapter_name: str | None
                 raise ValueError(f"{directory}: {n} already holds a different adapter ({have})")
     saved = {k[len(SAVED):]: t for k, t in tensors.items() if k.startswith(SAVED)}
     tensors = {k: t for k, t in tensors.items() if not k.startswith(SAVED)}
-    params = dict(model.named_parameters())
-    for n, t in saved.items():
-        if n not in params or tuple(params[n].shape) != tuple(t.shape):
-            have = tuple(params[n].shape) if n in params else "no such parameter"
-            raise ValueError(f"{directory / WEIGHTS}: saved module parameter {n} {tuple(t.shape)} does not "
-                             f"match the model ({have})")
+    _check_saved(saved, model, directory / WEIGHTS)
     key = lambda n, pname: f"{n}.{pname}"  # noqa: E731
     _check_tensors(tensors, model, names, config, directory / WEIGHTS, key)
     return _install(model, config, names, tensors, key, adapter_name, saved)
@@ -261,6 +265,10 @@ def to_peft(model: nn.Module, directory: PathLike, adapter_name: str | None = No
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = _adapter_tensors(model, name, prefix=PEFT_PREFIX)
+    # Fully trained modules (a classification head): PEFT keeps them under their plain
+    # names and wraps them again on load.
+    tensors.update({PEFT_PREFIX + n: t for n, t in _saved_module_tensors(model, config).items()})
+    peft_config["modules_to_save"] = list(config.modules_to_save) if config.modules_to_save else None
     _atomic_write(directory / PEFT_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     _write_json(directory / PEFT_CONFIG, peft_config)
 
@@ -271,6 +279,8 @@ def _config_from_peft(cfg: dict, directory: Path):
         raise ValueError(f"{directory}: layers_to_transform is not supported yet")
     if kind != "LORA" and (cfg.get("rank_pattern") or cfg.get("alpha_pattern")):
         raise ValueError(f"{directory}: rank_pattern / alpha_pattern are read for LoRA adapters only")
+    places = {"target_modules": cfg.get("target_modules"), "exclude_modules": cfg.get("exclude_modules"),
+              "modules_to_save": list(cfg["modules_to_save"]) if cfg.get("modules_to_save") else None}
     if kind == "LORA":
         # fan_in_fan_out only says the base weight is stored [in, out] (HF Conv1D): the
         # injection tells Conv1D from nn.Linear by type, as PEFT does when the flag and
@@ -278,19 +288,17 @@ def _config_from_peft(cfg: dict, directory: Path):
         if cfg.get("use_dora"):
             raise ValueError(f"{directory}: DoRA adapters are not supported yet")
         return LoraConfig(r=int(cfg["r"]), alpha=float(cfg.get("lora_alpha", cfg["r"])),
-                          dropout=float(cfg.get("lora_dropout", 0.0)), target_modules=cfg.get("target_modules"),
-                          exclude_modules=cfg.get("exclude_modules"), use_rslora=bool(cfg.get("use_rslora", False)),
+                          dropout=float(cfg.get("lora_dropout", 0.0)), use_rslora=bool(cfg.get("use_rslora", False)),
                           rank_pattern=dict(cfg.get("rank_pattern") or {}),
-                          alpha_pattern=dict(cfg.get("alpha_pattern") or {}))
+                          alpha_pattern=dict(cfg.get("alpha_pattern") or {}), **places)
     if kind == "BONE":  # PEFT <= 0.16: MiSS's earlier name; no mini form and no dropout then
         return BoneConfig(r=int(cfg["r"]), variant="bat" if cfg.get("init_weights", True) == "bat" else "bone",
-                          target_modules=cfg.get("target_modules"), exclude_modules=cfg.get("exclude_modules"))
+                          **places)
     if kind == "MISS":
         init = cfg.get("init_weights", True)
         variant = init if init in ("mini", "bat") else "bone"  # True / False: the bone form
         return BoneConfig(r=int(cfg["r"]), variant=variant, mini_r=int(cfg.get("mini_r", 1)),
-                          dropout=float(cfg.get("miss_dropout", 0.0)), target_modules=cfg.get("target_modules"),
-                          exclude_modules=cfg.get("exclude_modules"))
+                          dropout=float(cfg.get("miss_dropout", 0.0)), **places)
     raise ValueError(f"{directory}: peft_type {kind!r} is not supported (this build reads LORA, MISS and BONE)")
 
 
@@ -317,6 +325,22 @@ def from_peft(model: nn.Module, directory: PathLike, adapter_name: str = "defaul
     names = sorted(set(fresh) | set(existing))
     if not names:
         raise ValueError(f"{directory}: target_modules={config.target_modules!r} match no nn.Linear of the model")
+    saved = _peft_saved_modules(tensors, model, config)
+    _check_saved(saved, model, weights)
     key = lambda n, pname: f"{PEFT_PREFIX}{n}.{pname}"  # noqa: E731
     _check_tensors(tensors, model, names, config, weights, key)
-    return _install(model, config, names, tensors, key, adapter_name)
+    return _install(model, config, names, tensors, key, adapter_name, saved)
+
+
+def _peft_saved_modules(tensors: dict[str, Tensor], model: nn.Module, config) -> dict[str, Tensor]:
+    """Takes out of `tensors` the weights of PEFT's `modules_to_save` (a task head: PEFT
+    saves them under the plain parameter name), by parameter name."""
+    if not config.modules_to_save:
+        return {}
+    params = dict(model.named_parameters())
+    saved = {}
+    for k in list(tensors):
+        name = k[len(PEFT_PREFIX):] if k.startswith(PEFT_PREFIX) else None
+        if name in params and matches(name.rpartition(".")[0], config.modules_to_save):
+            saved[name] = tensors.pop(k)
+    return saved
