@@ -145,8 +145,9 @@ HydraBackward backward_no_dropout(const HydraDims& d, const at::Tensor& g, const
     t = at::empty({d.rows, rp + rs}, g.options());
     at::Tensor q_acc = need_q ? at::zeros({rp + rs, d.in}, g.options()) : at::Tensor();
     at::Tensor db_acc = need_db ? at::zeros({rp + rs, d.out}, g.options()) : at::Tensor();
-    row_block_grads(g, x2, side_by_side(d, hidden_p, hidden_s), scaled_ups(d, B_p, B_s, scale_p, scale_s).t().contiguous(),
-                    1.0, t, need_q ? &q_acc : nullptr, need_db ? &db_acc : nullptr);
+    const at::Tensor b_rows = scaled_ups(d, B_p, B_s, scale_p, scale_s).t().contiguous();  // [r_p + r_s, out]
+    row_block_grads(g, x2, side_by_side(d, hidden_p, hidden_s), b_rows, 1.0, t, need_q ? &q_acc : nullptr,
+                    need_db ? &db_acc : nullptr);
     q = q_acc;
     if (need_db) db = db_acc.t();
   } else if (need_t) {

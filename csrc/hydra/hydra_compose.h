@@ -47,8 +47,8 @@ HydraForward hydra_linear_kernel(const at::Tensor& x, const at::Tensor& weight,
 template <const LoraSkinnyOps& Ops>
 HydraBackward hydra_linear_backward_kernel(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
-    const std::optional<at::Tensor>& bias, const at::Tensor& h, const std::optional<at::Tensor>& A_p, const std::optional<at::Tensor>& B_p,
-    const std::optional<at::Tensor>& A_s, const std::optional<at::Tensor>& B_s, const at::Tensor& hidden_p,
+    const std::optional<at::Tensor>& bias, const at::Tensor& h, const std::optional<at::Tensor>& A_p,
+    const std::optional<at::Tensor>& B_p, const std::optional<at::Tensor>& A_s, const std::optional<at::Tensor>& B_s, const at::Tensor& hidden_p,
     const at::Tensor& hidden_s, double scale_p, double scale_s, double dropout_p,
     const std::optional<at::Tensor>& dropout_seed, std::array<bool, 7> output_mask) {
   return hydra_backward(Ops, grad_out, x, weight, bias, h, A_p, B_p, A_s, B_s, hidden_p, hidden_s, scale_p,

@@ -2,9 +2,11 @@
 //
 // The skinny products are MKL / oneDNN GEMMs (hand-written AVX2 micro-kernels for
 // them measured 1.5x slower than MKL here: see the LoRA issue notes); the long-K
-// reductions t^T x run in row slabs (common/tn_product.h). Without dropout each product is one pass over its operand; with
-// dropout the rows go in blocks whose keep-mask is regenerated once and serves
-// both dA and dx, so no mask or masked copy outlives a block.
+// reductions t^T x run in row slabs (common/tn_product.h). Without dropout and with
+// the merged weight forming dx, dB, T and dA share one row-block pass over G and x
+// (row_block_grads); otherwise each product is one pass over its operand. With
+// dropout the rows go in blocks whose keep-mask is regenerated once and serves both
+// dA and dx, so no mask or masked copy outlives a block.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
