@@ -68,23 +68,27 @@ def test_tiny_llama_matches_hf_peft_logits_and_grads():
                                                    sum(p.numel() for p in ours.parameters()))
 
 
+def through_peft_and_back(ours, base, ids, directory):
+    """ours -> to_peft -> PEFT loads it -> PEFT's save_pretrained -> from_peft: both
+    models must give ours' logits. Returns (PEFT's model, peftcore's reloaded one)."""
+    with torch.no_grad():
+        expected = ours(ids).logits
+    peftcore.to_peft(ours, directory / "peft")
+    loaded = peft.PeftModel.from_pretrained(copy.deepcopy(base), directory / "peft").eval()
+    loaded.save_pretrained(directory / "peft2")  # PEFT's own output, into peftcore layers
+    again = peftcore.from_peft(copy.deepcopy(base), directory / "peft2")
+    with torch.no_grad():
+        assert rel(loaded(ids).logits, expected) <= 1e-5
+        assert rel(again(ids).logits, expected) <= 1e-5
+    return loaded, again
+
+
 def test_to_peft_and_from_peft_round_trip(tmp_path):
     base = tiny_llama()
     ours = peftcore.inject(copy.deepcopy(base), LoraConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
     randomize_b(ours)
-    ids = torch.randint(0, 128, (1, 9))
-    with torch.no_grad():
-        expected = ours(ids).logits
-    peftcore.to_peft(ours, tmp_path / "peft")
-    loaded = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "peft")
-    with torch.no_grad():
-        assert rel(loaded(ids).logits, expected) <= 1e-5
-    # And back: PEFT's own save_pretrained output into peftcore layers.
-    loaded.save_pretrained(tmp_path / "peft2")
-    again = peftcore.from_peft(copy.deepcopy(base), tmp_path / "peft2")
+    _, again = through_peft_and_back(ours, base, torch.randint(0, 128, (1, 9)), tmp_path)
     assert isinstance(again.model.layers[0].self_attn.q_proj, peftcore.LoraLinear)
-    with torch.no_grad():
-        assert rel(again(ids).logits, expected) <= 1e-5
 
 
 def test_rank_and_alpha_patterns_match_peft_both_ways(tmp_path):
@@ -352,19 +356,9 @@ def test_gpt2_to_peft_and_from_peft_round_trip(tmp_path):
     base = transformers.GPT2LMHeadModel(cfg).eval()
     ours = peftcore.inject(copy.deepcopy(base), LoraConfig(r=4, alpha=8, target_modules=["c_attn", "c_proj"]))
     randomize_b(ours)
-    ids = torch.randint(0, 96, (2, 7))
-    with torch.no_grad():
-        expected = ours(ids).logits
-    peftcore.to_peft(ours, tmp_path / "peft")
+    _, again = through_peft_and_back(ours, base, torch.randint(0, 96, (2, 7)), tmp_path)
     assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["fan_in_fan_out"] is True
-    loaded = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "peft").eval()
-    with torch.no_grad():
-        assert rel(loaded(ids).logits, expected) <= 1e-5
-    loaded.save_pretrained(tmp_path / "peft2")
-    again = peftcore.from_peft(copy.deepcopy(base), tmp_path / "peft2")
     assert isinstance(again.transformer.h[0].attn.c_attn, peftcore.LoraLinear)
-    with torch.no_grad():
-        assert rel(again(ids).logits, expected) <= 1e-5
 
 
 def test_disable_adapters_runs_the_base_model_and_restores():
