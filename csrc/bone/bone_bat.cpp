@@ -12,6 +12,7 @@
 // 0.80-0.96x HF PEFT's speed, on this project's CPU they cost 1-2% against whole
 // ones), and the bound keeps the temporary below what PEFT holds at the same point
 // (its saved W' plus the whole dW').
+#include <ATen/OpMathType.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/baddbmm.h>
 #include <ATen/ops/bmm.h>
@@ -95,8 +96,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bone_bat_linear_backw
   if (output_mask[2]) grad_b = at::sum(g, {0});
   if (output_mask[3]) {
     const int64_t r = d.r, ib = d.in / r, ob = d.out / r;
-    const bool low = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
-    grad_block = at::empty({ob, r, r}, block.options().dtype(low ? at::kFloat : block.scalar_type()));
+    grad_block = at::empty({ob, r, r}, block.options().dtype(at::toOpMathType(block.scalar_type())));
     const int64_t band_blocks = band_rows(band_elements, d.in, r) / r;
     for (int64_t i0 = 0; i0 < ob; i0 += band_blocks) {
       const int64_t nb = std::min(band_blocks, ob - i0);
@@ -108,7 +108,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bone_bat_linear_backw
       const at::Tensor identity_part = dw.view({nb, r, ib, r}).sum(2);
       grad_block.narrow(0, i0, nb).copy_(at::baddbmm(identity_part, w_band.transpose(1, 2), dw.view({nb, r * ib, r})));
     }
-    if (low) grad_block = grad_block.to(block.scalar_type());
+    grad_block = grad_block.to(block.scalar_type());  // a no-op unless 16-bit
   }
   return {grad_x, grad_w, grad_b, grad_block};
 }

@@ -3,6 +3,7 @@
 // of a last partial block), where the LoRA form would multiply by a 0/1 [r, in]
 // matrix, and backward adds T = G up to every block of dx instead of a second such
 // GEMM. The adapter's output accumulates into the base GEMM's buffer.
+#include <ATen/OpMathType.h>
 #include <ATen/ops/add.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
@@ -131,8 +132,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bone_linear_backward(
     // [out, r] = G^T hidden. On the CPU as hidden^T G in row slabs (common/tn_product):
     // 3.78 vs 4.24 ms for MKL's whole G^T hidden at N=4096, out=1024, r=64, fp32.
     if (x.is_cpu()) {
-      const bool low = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
-      grad_up = tn_product(hidden, g, low ? at::kFloat : x.scalar_type()).t().contiguous().to(x.scalar_type());
+      grad_up = tn_product(hidden, g, at::toOpMathType(x.scalar_type())).t().contiguous().to(x.scalar_type());
     } else {
       grad_up = at::mm(g.t(), hidden);
     }

@@ -7,6 +7,7 @@
 // (row_block_grads); otherwise each product is one pass over its operand. With
 // dropout the rows go in blocks whose keep-mask is regenerated once and serves both
 // dA and dx, so no mask or masked copy outlives a block.
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
@@ -92,11 +93,6 @@ void skinny_tn_acc(const at::Tensor& t, const at::Tensor& x, at::Tensor& acc) {
   acc.add_(tn_product(t, x, acc.scalar_type()));
 }
 
-at::ScalarType accumulate_type(const at::Tensor& t) {
-  const auto dt = t.scalar_type();
-  return (dt == at::kHalf || dt == at::kBFloat16) ? at::kFloat : dt;
-}
-
 at::Tensor shrink_cpu(const at::Tensor& x, const at::Tensor& A, double scale,
                       const DropoutSpec* dropout) {
   at::Tensor h = at::empty({x.size(0), A.size(0)}, x.options());
@@ -121,7 +117,7 @@ LoraSkinnyGrads backward_cpu(const at::Tensor& g, const at::Tensor& x, const at:
                              const DropoutSpec* dropout, at::Tensor* grad_x, bool want_A,
                              bool want_B) {
   const int64_t n = g.size(0), in = x.size(1), out = g.size(1), rank = A.size(0);
-  const auto acc_options = x.options().dtype(accumulate_type(x));
+  const auto acc_options = x.options().dtype(at::toOpMathType(x.scalar_type()));
   at::Tensor grad_a = want_A ? at::zeros({rank, in}, acc_options) : at::Tensor();
   at::Tensor grad_b_t = want_B ? at::zeros({rank, out}, acc_options) : at::Tensor();
   const bool need_t = want_A || grad_x != nullptr;
