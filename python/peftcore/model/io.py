@@ -237,7 +237,8 @@ _MISS_INIT = {"bone": True, "mini": "mini", "bat": "bat"}
 def _peft_config(config, layers: dict[str, nn.Module]) -> dict:
     names = sorted(layers)
     common = {"task_type": None, "target_modules": names, "bias": "none", "inference_mode": True,
-              "modules_to_save": None, "base_model_name_or_path": None}
+              "modules_to_save": list(config.modules_to_save) if config.modules_to_save else None,
+              "base_model_name_or_path": None}
     if config.kind == "lora":
         # PEFT's one flag for HF Conv1D bases (GPT-2), whose weight is stored [in, out];
         # A and B have the same layout either way.
@@ -268,7 +269,6 @@ def to_peft(model: nn.Module, directory: PathLike, adapter_name: str | None = No
     # Fully trained modules (a classification head): PEFT keeps them under their plain
     # names and wraps them again on load.
     tensors.update({PEFT_PREFIX + n: t for n, t in _saved_module_tensors(model, config).items()})
-    peft_config["modules_to_save"] = list(config.modules_to_save) if config.modules_to_save else None
     _atomic_write(directory / PEFT_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     _write_json(directory / PEFT_CONFIG, peft_config)
 
