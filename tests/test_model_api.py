@@ -153,6 +153,28 @@ def test_peft_classification_adapter_with_its_head_both_ways(tmp_path):
     assert all(torch.equal(p, before[n]) for n, p in other.state_dict().items())
 
 
+def test_layers_to_transform_matches_peft(tmp_path):
+    base = tiny_llama()
+    ours = peftcore.inject(copy.deepcopy(base), LoraConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"],
+                                                           layers_to_transform=[1], layers_pattern="layers"))
+    assert sorted(peftcore.model.lora_layers(ours)) == ["model.layers.1.self_attn.q_proj",
+                                                        "model.layers.1.self_attn.v_proj"]
+    # PEFT's own adapter with the filter (no pattern: the first index in the name), into peftcore.
+    theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], layers_to_transform=0)).eval()
+    with torch.no_grad():
+        for n, p in theirs.named_parameters():
+            if "lora_B" in n:
+                p.add_(torch.randn_like(p) * 0.05)
+    theirs.save_pretrained(tmp_path / "peft")
+    again = peftcore.from_peft(copy.deepcopy(base), tmp_path / "peft")
+    assert sorted(peftcore.model.lora_layers(again)) == ["model.layers.0.self_attn.q_proj",
+                                                         "model.layers.0.self_attn.v_proj"]
+    ids = torch.randint(0, 128, (1, 9))
+    with torch.no_grad():
+        assert rel(again(ids).logits, theirs(ids).logits) <= 1e-5
+
+
 def test_merge_and_unload_gives_plain_linears_and_same_output():
     model = peftcore.inject(tiny_llama(), LoraConfig(r=4, alpha=8, target_modules=TARGETS))
     randomize_b(model)

@@ -27,11 +27,34 @@ def matches(name: str, targets: Targets) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
+def in_layers(name: str, config) -> bool:
+    """PEFT's `layers_to_transform` / `layers_pattern` rule: with a list of target
+    modules, a name not listed verbatim must sit in one of the chosen layers: the index
+    after `<pattern>.` (any pattern when none is given; the first index in the name)."""
+    wanted, patterns = config.layers_to_transform, config.layers_pattern
+    if wanted is None or wanted == [] or isinstance(config.target_modules, str) or name in config.target_modules:
+        return True
+    if not patterns:
+        found = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", name)
+    else:
+        for pattern in [patterns] if isinstance(patterns, str) else patterns:
+            found = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", name)
+            if found:
+                break
+    if not found:
+        return False
+    index = int(found.group("idx"))
+    return index == wanted if isinstance(wanted, int) else index in wanted
+
+
 @dataclass
 class _AdapterConfig:
     target_modules: Targets = field(default_factory=lambda: ["q_proj", "v_proj"])
     exclude_modules: Targets = None
     modules_to_save: Optional[list[str]] = None
+    # PEFT's layer filter: only the layers with these indices (see in_layers).
+    layers_to_transform: Union[int, list[int], None] = None
+    layers_pattern: Union[str, list[str], None] = None
 
     def to_dict(self) -> dict:
         return {**asdict(self), "kind": self.kind}

@@ -7,7 +7,7 @@ import contextlib
 from torch import nn
 
 from ..layers import AdapterSet, BoneLinear, HydraLinear, LoraLinear
-from .config import matches
+from .config import in_layers, matches
 
 ADAPTER_LAYERS = (LoraLinear, HydraLinear, BoneLinear)
 SITES = ADAPTER_LAYERS + (AdapterSet,)  # what stands where an adapted nn.Linear was
@@ -52,7 +52,8 @@ def adapter_sites(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def _selects(name: str, config) -> bool:
-    return matches(name, config.target_modules) and not matches(name, config.exclude_modules)
+    return (matches(name, config.target_modules) and not matches(name, config.exclude_modules)
+            and in_layers(name, config))
 
 
 def selected_places(model: nn.Module, config) -> tuple[dict[str, nn.Module], list[str]]:

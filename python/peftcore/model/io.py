@@ -275,12 +275,11 @@ def to_peft(model: nn.Module, directory: PathLike, adapter_name: str | None = No
 
 def _config_from_peft(cfg: dict, directory: Path):
     kind = cfg.get("peft_type")
-    if cfg.get("layers_to_transform"):
-        raise ValueError(f"{directory}: layers_to_transform is not supported yet")
     if kind != "LORA" and (cfg.get("rank_pattern") or cfg.get("alpha_pattern")):
         raise ValueError(f"{directory}: rank_pattern / alpha_pattern are read for LoRA adapters only")
     places = {"target_modules": cfg.get("target_modules"), "exclude_modules": cfg.get("exclude_modules"),
-              "modules_to_save": list(cfg["modules_to_save"]) if cfg.get("modules_to_save") else None}
+              "modules_to_save": list(cfg["modules_to_save"]) if cfg.get("modules_to_save") else None,
+              "layers_to_transform": cfg.get("layers_to_transform"), "layers_pattern": cfg.get("layers_pattern")}
     if kind == "LORA":
         # fan_in_fan_out only says the base weight is stored [in, out] (HF Conv1D): the
         # injection tells Conv1D from nn.Linear by type, as PEFT does when the flag and
