@@ -63,7 +63,7 @@ def test_low_precision_as_accurate_as_torch(device, dtype, rows):
         assert_as_accurate_as_torch(a, b, c, f"grad {dtype}")
 
 
-@pytest.mark.parametrize("lead,n_in,n_out", [((3, 2), 5, 4), ((3,), 9, 8)])  # N large / small for the merged path
+@pytest.mark.parametrize("lead,n_in,n_out", [((4, 5), 5, 4), ((3,), 9, 8)])  # N large / small: merged or not
 def test_gradcheck_and_opcheck(device, lead, n_in, n_out):
     for p in (0.0, 0.4):
         t = make(lead, n_in, n_out, 2, 3, torch.float64, device)

@@ -126,9 +126,10 @@ def test_dropout_mask_statistics_and_seed_dependence():
                        ops.lora_linear(x, w, b, a, bb, 1.0, 0.0))
 
 
-def test_gradcheck_float64(device):
+@pytest.mark.parametrize("lead", [(3, 2), (6, 5)])  # without dropout: the unmerged and the merged-weight path
+def test_gradcheck_float64(device, lead):
     for p in (0.0, 0.4):
-        x, w, b, a, bb = make_inputs((3, 2), 5, 4, 3, torch.float64, device)
+        x, w, b, a, bb = make_inputs(lead, 5, 4, 3, torch.float64, device)
         seed = seed_for(device) if p > 0 else None
 
         def f(x, w, b, a, bb):
@@ -147,7 +148,7 @@ def test_double_backward_raises_clearly():
 
 @pytest.mark.parametrize("p", [0.0, 0.2])
 def test_opcheck(device, p):
-    for lead, n_in, n_out, r in [((4,), 7, 5, 2), ((2, 3), 16, 9, 8)]:
+    for lead, n_in, n_out, r in [((4,), 7, 5, 2), ((2, 3), 16, 9, 8), ((40,), 7, 5, 2)]:  # last: merged weight
         x, w, b, a, bb = make_inputs(lead, n_in, n_out, r, torch.float32, device)
         seed = seed_for(device) if p > 0 else None
         torch.library.opcheck(lora_op, (x, w, b, a, bb, 0.5, p, seed))

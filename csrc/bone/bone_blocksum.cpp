@@ -79,8 +79,10 @@ at::Tensor merged_weight(const at::Tensor& weight, const at::Tensor& up, int64_t
 // As lora_linear's merged-weight path (lora_compose.h): W + up S rounds once, below
 // the GEMM's own rounding in float32/float64, and the out x in pass replaces the
 // accumulate into y and, in backward, G up plus the add into every block of dx.
+// Factor 2: bone's unmerged path also runs an N x r x out GEMM for the output and one
+// for dx (r = 64 by default: 1/16 of the base's FLOPs each), which the merge removes.
 bool use_merged_weight(const BoneDims& d, const at::Tensor& x) {
-  return merged_weight_pays(d.rows, d.in, d.out, x.scalar_type());
+  return merged_weight_pays(d.rows, d.in, d.out, x.scalar_type(), 2);
 }
 
 std::tuple<at::Tensor, at::Tensor> bone_linear(const at::Tensor& x, const at::Tensor& weight,

@@ -23,8 +23,10 @@ const DropoutSpec* ptr(const std::optional<DropoutSpec>& spec) {
 
 at::Tensor empty_grad(const at::Tensor& like) { return at::empty({0}, like.options()); }
 
+constexpr int64_t kLoraMergeFactor = 6;  // measured: see merged_weight_pays
+
 bool use_merged_weight(const LoraDims& d, const at::Tensor& x, double dropout_p) {
-  return dropout_p == 0.0 && merged_weight_pays(d.rows, d.in, d.out, x.scalar_type());
+  return dropout_p == 0.0 && merged_weight_pays(d.rows, d.in, d.out, x.scalar_type(), kLoraMergeFactor);
 }
 
 at::Tensor merged_weight(const at::Tensor& weight, const at::Tensor& lora_A,
@@ -36,8 +38,8 @@ at::Tensor contiguous_result(at::Tensor t) { return t.is_contiguous() ? t : t.co
 
 }  // namespace
 
-bool merged_weight_pays(int64_t rows, int64_t in, int64_t out, at::ScalarType dtype) {
-  return (dtype == at::kFloat || dtype == at::kDouble) && rows * (in + out) >= 2 * in * out;
+bool merged_weight_pays(int64_t rows, int64_t in, int64_t out, at::ScalarType dtype, int64_t factor) {
+  return (dtype == at::kFloat || dtype == at::kDouble) && rows * (in + out) >= factor * in * out;
 }
 
 std::tuple<at::Tensor, at::Tensor> lora_forward(const LoraSkinnyOps& ops, const at::Tensor& x,

@@ -58,10 +58,13 @@ struct LoraSkinnyOps {
 
 // Whether an adapter whose delta folds into the weight runs as single GEMMs with the
 // merged weight (above): float32/float64 only, and N large enough that the N-sized
-// read-modify-write passes it removes (about 2 N (in + out) element moves) outweigh
-// forming W + delta (about 2 in out). Shared by lora_linear (without dropout),
-// hydra_linear (without dropout) and bone_linear.
-bool merged_weight_pays(int64_t rows, int64_t in, int64_t out, at::ScalarType dtype);
+// passes it removes (about N (in + out) element moves each) outweigh forming W + delta
+// twice (forward and backward, each an out x in pass with a cold W):
+// N (in + out) >= factor * in * out. The factor is measured per op, because what the
+// unmerged path costs differs: LoRA 6 (CPU, in = out = 1024, r = 16, ratio to the frozen
+// base, process-alternating A/B: merged 1.16 vs unmerged 1.09 at N = 1024, 1.10 vs 1.085
+// at N = 2048, 1.07 vs 1.08 at N = 4096); see each caller for its own.
+bool merged_weight_pays(int64_t rows, int64_t in, int64_t out, at::ScalarType dtype, int64_t factor);
 
 std::tuple<at::Tensor, at::Tensor> lora_forward(const LoraSkinnyOps& ops, const at::Tensor& x,
                                                 const at::Tensor& weight,
