@@ -43,13 +43,6 @@ at::Tensor block_sum(const at::Tensor& x2, int64_t r) {
   return h;
 }
 
-// dx[n, k r + j] += t[n, j] for every block k (dx contiguous [N, in]).
-void add_to_blocks_(at::Tensor& dx, const at::Tensor& t, int64_t r) {
-  const int64_t n = dx.size(0), in = dx.size(1), full = in / r, rem = in % r;
-  if (full > 0) dx.narrow(1, 0, full * r).view({n, full, r}).add_(t.unsqueeze(1));
-  if (rem > 0) dx.narrow(1, full * r, rem).add_(t.narrow(1, 0, rem));
-}
-
 // dx[n, k r + j] = t[n, j] for every block k: a new contiguous [N, in].
 at::Tensor blocks_of(const at::Tensor& t, int64_t in, int64_t r) {
   const int64_t n = t.size(0), full = in / r, rem = in % r;

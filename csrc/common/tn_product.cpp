@@ -23,6 +23,11 @@ at::Tensor tn_product(const at::Tensor& a, const at::Tensor& b, at::ScalarType o
   return out;
 }
 
+bool row_block_grads_fit(const at::Tensor& x) {
+  const auto dt = x.scalar_type();
+  return x.is_cpu() && (dt == at::kFloat || dt == at::kDouble);
+}
+
 void row_block_grads(const at::Tensor& g, const at::Tensor& x, const at::Tensor& hidden, const at::Tensor& b_rows,
                      double scale, at::Tensor& t, at::Tensor* acc_x, at::Tensor* acc_g) {
   const int64_t n = g.size(0), parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n / 64));

@@ -23,4 +23,7 @@ at::Tensor tn_product(const at::Tensor& a, const at::Tensor& b, at::ScalarType o
 void row_block_grads(const at::Tensor& g, const at::Tensor& x, const at::Tensor& hidden, const at::Tensor& b_rows,
                      double scale, at::Tensor& t, at::Tensor* acc_x, at::Tensor* acc_g);
 
+// Whether row_block_grads serves operands like x (a CPU float32 / float64 tensor).
+bool row_block_grads_fit(const at::Tensor& x);
+
 }  // namespace peftcore

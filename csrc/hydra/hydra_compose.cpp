@@ -144,9 +144,8 @@ HydraBackward backward_no_dropout(const HydraDims& d, const at::Tensor& g, const
   const bool need_t = (mask[0] && !merged) || mask[3] || (rs > 0 && (mask[1] || mask[2] || mask[5]));
   const bool need_q = mask[3] || (rs > 0 && (mask[1] || mask[5]));
   const bool need_db = mask[4] || mask[6];
-  const auto dt = x.scalar_type();
   at::Tensor t, q, db;  // T [N, r_p + r_s], Q = T^T x [r_p + r_s, in], dB [out, r_p + r_s]
-  if (need_t && x.is_cpu() && (dt == at::kFloat || dt == at::kDouble)) {
+  if (need_t && row_block_grads_fit(x)) {
     // One pass over G for T and dB (common/tn_product.h), Q from the same row blocks.
     t = at::empty({d.rows, rp + rs}, g.options());
     at::Tensor q_acc = need_q ? at::zeros({rp + rs, d.in}, g.options()) : at::Tensor();

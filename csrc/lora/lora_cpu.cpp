@@ -151,8 +151,7 @@ LoraSkinnyGrads backward_cpu(const at::Tensor& g, const at::Tensor& x, const at:
       }
     }
   };
-  const auto dt = x.scalar_type();
-  if (dropout == nullptr && grad_x == nullptr && need_t && (dt == at::kFloat || dt == at::kDouble)) {
+  if (dropout == nullptr && grad_x == nullptr && need_t && row_block_grads_fit(x)) {
     row_block_grads(g, x, hidden, b_rows, scale, t, want_A ? &grad_a : nullptr, want_B ? &grad_b_t : nullptr);
   } else if (dropout == nullptr) {
     block(0, n, nullptr);
