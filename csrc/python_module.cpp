@@ -2,6 +2,8 @@
 // torch.ops.peftcore, registered in registration.cpp when this library loads.
 #include <pybind11/pybind11.h>
 
+#include "common/skinny_cpu.h"
+
 namespace py = pybind11;
 
 PYBIND11_MODULE(_C, m) {
@@ -15,4 +17,7 @@ PYBIND11_MODULE(_C, m) {
     info["cuda_architectures"] = PEFTCORE_CUDA_ARCHS;
     return info;
   }, "What this binary was compiled with and against.");
+  // Tests run the CPU weight-gradient reductions with and without the AVX-512 kernel.
+  m.def("_skinny_simd", &peftcore::skinny_simd_enabled);
+  m.def("_set_skinny_simd", &peftcore::set_skinny_simd_enabled, py::arg("enabled"));
 }

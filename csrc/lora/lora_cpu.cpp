@@ -8,7 +8,7 @@
 // dropout the rows go in blocks whose keep-mask is regenerated once and serves both
 // dA and dx, so no mask or masked copy outlives a block.
 #include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
+#include "common/parallel.h"
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/dropout_cpu.h"
+#include "common/skinny_cpu.h"
 #include "common/tn_product.h"
 #include "hydra/hydra_compose.h"
 #include "lora/lora_compose.h"
@@ -42,7 +43,7 @@ class BlockedDropout {
   void for_each_block(const Body& body) {
     for (int64_t row0 = 0; row0 < n_; row0 += block_) {
       const int64_t rows = std::min(block_, n_ - row0);
-      at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+      parallel_for_below_autograd(0, rows, 16, [&](int64_t r0, int64_t r1) {
         fill_keep_flags(mask_, (row0 + r0) * cols_, (r1 - r0) * cols_, keep_.data() + r0 * cols_);
       });
       body(row0, rows);
@@ -52,7 +53,7 @@ class BlockedDropout {
   // src ∘ keep for the current block (src: [rows, cols]).
   at::Tensor masked(const at::Tensor& src) {
     at::Tensor out = masked_.narrow(0, 0, src.size(0));
-    at::parallel_for(0, src.size(0), 16, [&](int64_t r0, int64_t r1) {
+    parallel_for_below_autograd(0, src.size(0), 16, [&](int64_t r0, int64_t r1) {
       at::Tensor dst = out.narrow(0, r0, r1 - r0);
       masked_copy(src.narrow(0, r0, r1 - r0), keep_.data() + r0 * cols_, dst);
     });
@@ -61,7 +62,7 @@ class BlockedDropout {
 
   // dst = src ∘ keep for the current block.
   void copy_masked(at::Tensor& dst, const at::Tensor& src) {
-    at::parallel_for(0, src.size(0), 16, [&](int64_t r0, int64_t r1) {
+    parallel_for_below_autograd(0, src.size(0), 16, [&](int64_t r0, int64_t r1) {
       at::Tensor d = dst.narrow(0, r0, r1 - r0);
       masked_copy(src.narrow(0, r0, r1 - r0), keep_.data() + r0 * cols_, d);
     });
@@ -69,7 +70,7 @@ class BlockedDropout {
 
   // dst += src ∘ keep for the current block (dst contiguous).
   void add_masked(at::Tensor& dst, const at::Tensor& src) {
-    at::parallel_for(0, src.size(0), 16, [&](int64_t r0, int64_t r1) {
+    parallel_for_below_autograd(0, src.size(0), 16, [&](int64_t r0, int64_t r1) {
       at::Tensor d = dst.narrow(0, r0, r1 - r0);
       masked_add_(d, src.narrow(0, r0, r1 - r0), keep_.data() + r0 * cols_);
     });
@@ -82,11 +83,6 @@ class BlockedDropout {
   at::Tensor masked_;
 };
 
-// out = alpha * x a^T, with out a contiguous [rows, r] (view of a) tensor.
-void skinny_nt(const at::Tensor& x, const at::Tensor& a, double alpha, at::Tensor& out) {
-  at::mm_out(out, x, a.t());
-  out.mul_(alpha);
-}
 
 // acc += t^T x; acc is float32 when t and x are 16-bit.
 void skinny_tn_acc(const at::Tensor& t, const at::Tensor& x, at::Tensor& acc) {
@@ -96,14 +92,15 @@ void skinny_tn_acc(const at::Tensor& t, const at::Tensor& x, at::Tensor& acc) {
 at::Tensor shrink_cpu(const at::Tensor& x, const at::Tensor& A, double scale,
                       const DropoutSpec* dropout) {
   at::Tensor h = at::empty({x.size(0), A.size(0)}, x.options());
+  const at::Tensor a_cols = A.t().contiguous();  // [in, r]
   if (dropout == nullptr) {
-    skinny_nt(x, A, scale, h);
+    parallel_skinny_nt_(h, x, a_cols, scale);
     return h;
   }
   BlockedDropout blocks(*dropout, x.size(0), x.size(1), x);
   blocks.for_each_block([&](int64_t row0, int64_t rows) {
     at::Tensor h_block = h.narrow(0, row0, rows);
-    skinny_nt(blocks.masked(x.narrow(0, row0, rows)), A, scale, h_block);
+    parallel_skinny_nt_(h_block, blocks.masked(x.narrow(0, row0, rows)), a_cols, scale);
   });
   return h;
 }
@@ -124,7 +121,7 @@ LoraSkinnyGrads backward_cpu(const at::Tensor& g, const at::Tensor& x, const at:
   // Written rather than added to when the caller passes an undefined grad_x.
   const bool write_dx = grad_x != nullptr && !grad_x->defined();
   if (write_dx) *grad_x = at::empty({n, in}, x.options());
-  const at::Tensor b_rows = need_t ? B.t().contiguous() : at::Tensor();  // [r, out]
+  const at::Tensor b_cols = need_t ? B.contiguous() : at::Tensor();  // [out, r]
   at::Tensor t = need_t ? at::empty({n, rank}, x.options()) : at::Tensor();
 
   // One block's worth of the adapter backward; `masked` applies the block's mask.
@@ -133,7 +130,7 @@ LoraSkinnyGrads backward_cpu(const at::Tensor& g, const at::Tensor& x, const at:
     if (want_B) skinny_tn_acc(hidden.narrow(0, row0, rows), g_block, grad_b_t);
     if (!need_t) return;
     at::Tensor t_block = t.narrow(0, row0, rows);
-    skinny_nt(g_block, b_rows, scale, t_block);
+    parallel_skinny_nt_(t_block, g_block, b_cols, scale);
     if (want_A) {
       const at::Tensor x_block = x.narrow(0, row0, rows);
       skinny_tn_acc(t_block, masked ? masked->masked(x_block) : x_block, grad_a);
@@ -152,7 +149,7 @@ LoraSkinnyGrads backward_cpu(const at::Tensor& g, const at::Tensor& x, const at:
     }
   };
   if (dropout == nullptr && grad_x == nullptr && need_t && row_block_grads_fit(x)) {
-    row_block_grads(g, x, hidden, b_rows, scale, t, want_A ? &grad_a : nullptr, want_B ? &grad_b_t : nullptr);
+    row_block_grads(g, x, hidden, b_cols, scale, t, want_A ? &grad_a : nullptr, want_B ? &grad_b_t : nullptr);
   } else if (dropout == nullptr) {
     block(0, n, nullptr);
   } else {
