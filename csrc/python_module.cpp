@@ -2,7 +2,7 @@
 // torch.ops.peftcore, registered in registration.cpp when this library loads.
 #include <pybind11/pybind11.h>
 
-#include "common/skinny_cpu.h"
+#include "common/cpu_features.h"
 
 namespace py = pybind11;
 
@@ -17,7 +17,7 @@ PYBIND11_MODULE(_C, m) {
     info["cuda_architectures"] = PEFTCORE_CUDA_ARCHS;
     return info;
   }, "What this binary was compiled with and against.");
-  // Tests run the CPU weight-gradient reductions with and without the AVX-512 kernel.
-  m.def("_skinny_simd", &peftcore::skinny_simd_enabled);
-  m.def("_set_skinny_simd", &peftcore::set_skinny_simd_enabled, py::arg("enabled"));
+  // Tests run the CPU paths with and without the hand-written AVX-512 kernels.
+  m.def("_avx512_kernels", &peftcore::avx512_kernels_enabled);
+  m.def("_set_avx512_kernels", &peftcore::set_avx512_kernels_enabled, py::arg("enabled"));
 }

@@ -1,7 +1,8 @@
-"""The CPU skinny-product kernels (csrc/common/skinny_cpu.h) behind the adapters'
-float32 paths: the AVX-512 kernels and their MKL fallback against the float64 oracle,
-through the ops that use them, over ranks that take every rank chunk and tile,
-column tails, row tails and row blocks split across threads."""
+"""The hand-written AVX-512 CPU kernels behind the adapters' float32 paths (the
+skinny products of csrc/common/skinny_cpu.h, the Philox dropout masks) and their
+MKL / AVX2 fallbacks, against the float64 oracle through the ops that use them:
+ranks that take every rank chunk and tile, column tails, row tails, row blocks
+split across threads, dropout masks."""
 
 import pytest
 import torch
@@ -14,16 +15,16 @@ lora_op = torch.ops.peftcore.lora_linear
 
 @pytest.fixture(params=["avx512", "fallback"])
 def kernels(request):
-    before = _C._skinny_simd()
+    before = _C._avx512_kernels()
     if request.param == "avx512":
         try:
-            _C._set_skinny_simd(True)
+            _C._set_avx512_kernels(True)
         except RuntimeError:
             pytest.skip("this CPU has no AVX-512F")
     else:
-        _C._set_skinny_simd(False)
+        _C._set_avx512_kernels(False)
     yield request.param
-    _C._set_skinny_simd(before)
+    _C._set_avx512_kernels(before)
 
 
 # Ranks: every chunk of the outer product (16/8/4/2/1 rows of acc) and of the NT
@@ -94,12 +95,12 @@ def test_strided_rows(kernels, n):
 
 
 def test_switch_refuses_what_the_cpu_lacks():
-    before = _C._skinny_simd()
+    before = _C._avx512_kernels()
     try:
-        _C._set_skinny_simd(False)
-        assert not _C._skinny_simd()
+        _C._set_avx512_kernels(False)
+        assert not _C._avx512_kernels()
     finally:
         try:
-            _C._set_skinny_simd(before)
+            _C._set_avx512_kernels(before)
         except RuntimeError:
             assert not before

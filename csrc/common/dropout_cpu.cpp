@@ -1,5 +1,7 @@
 #include "common/dropout_cpu.h"
 
+#include "common/cpu_features.h"
+
 #include <ATen/Dispatch.h>
 
 #include <algorithm>
@@ -154,8 +156,7 @@ AVX512_FN void philox_words_avx512(uint64_t group0, int64_t groups, uint64_t str
 
 void philox_words(uint64_t group0, int64_t groups, uint64_t stream, uint64_t key, uint32_t* words) {
 #ifdef PEFTCORE_HAVE_AVX2_PATH
-  static const bool has_avx512 = __builtin_cpu_supports("avx512f");
-  if (has_avx512) return philox_words_avx512(group0, groups, stream, key, words);
+  if (avx512_kernels_enabled()) return philox_words_avx512(group0, groups, stream, key, words);
   static const bool has_avx2 = __builtin_cpu_supports("avx2");
   if (has_avx2) return philox_words_avx2(group0, groups, stream, key, words);
 #endif

@@ -1,11 +1,11 @@
 #include "common/skinny_cpu.h"
 
+#include "common/cpu_features.h"
 #include "common/parallel.h"
 #include <ATen/ops/mm.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
-#include <atomic>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -183,15 +183,7 @@ AVX512_FN void skinny_nt_avx512(const float* a, int64_t lda, const float* bt, in
   }
 }
 
-bool cpu_has_avx512() { return __builtin_cpu_supports("avx512f"); }
-#else
-bool cpu_has_avx512() { return false; }
 #endif
-
-std::atomic<bool>& simd_switch() {
-  static std::atomic<bool> enabled{cpu_has_avx512()};
-  return enabled;
-}
 
 // The destination a contiguous float32 tensor next to operands that qualify.
 bool simd_fits(const at::Tensor& dst, const at::Tensor& a, const at::Tensor& b) {
@@ -200,16 +192,9 @@ bool simd_fits(const at::Tensor& dst, const at::Tensor& a, const at::Tensor& b) 
 
 }  // namespace
 
-bool skinny_simd_enabled() { return simd_switch().load(); }
-
 bool skinny_simd_applies(const at::Tensor& a, const at::Tensor& b) {
-  return skinny_simd_enabled() && a.is_cpu() && b.is_cpu() && a.scalar_type() == at::kFloat &&
+  return avx512_kernels_enabled() && a.is_cpu() && b.is_cpu() && a.scalar_type() == at::kFloat &&
          b.scalar_type() == at::kFloat && a.dim() == 2 && b.dim() == 2 && a.stride(1) == 1 && b.stride(1) == 1;
-}
-
-void set_skinny_simd_enabled(bool enabled) {
-  TORCH_CHECK(!enabled || cpu_has_avx512(), "the skinny AVX-512 kernels: this CPU has no AVX-512F");
-  simd_switch().store(enabled);
 }
 
 void outer_acc_(at::Tensor& acc, const at::Tensor& left, const at::Tensor& right) {

@@ -23,12 +23,8 @@ void skinny_nt_(at::Tensor& out, const at::Tensor& a, const at::Tensor& bt, doub
 void parallel_skinny_nt_(at::Tensor& out, const at::Tensor& a, const at::Tensor& bt, double scale);
 
 // Whether outer_acc_(acc, a, b) and skinny_nt_(out, a, b) take the AVX-512 kernels
-// for these operands (float32 CPU tensors with contiguous rows, kernels enabled).
+// for these operands (float32 CPU tensors with contiguous rows, and
+// avx512_kernels_enabled(): common/cpu_features.h).
 bool skinny_simd_applies(const at::Tensor& a, const at::Tensor& b);
-
-// Whether the AVX-512 kernels are in use (the CPU has them and they are enabled);
-// tests switch them off to check the fallback against the same oracle.
-bool skinny_simd_enabled();
-void set_skinny_simd_enabled(bool enabled);
 
 }  // namespace peftcore
