@@ -77,6 +77,7 @@ def test_merged_path_row_blocks(kernels, r):
     # Many rows against in x out (merged weight): row_block_grads over several row
     # blocks per thread, 32-row passes with a tail, columns with a tail.
     _check_fp32(n=2085, n_in=31, n_out=1000, r=r)
+    _check_fp32(n=2085, n_in=130, n_out=999, r=r)  # merged weight: 4-row groups with a tail, 64-column tiles
 
 
 @pytest.mark.parametrize("cols", [1, 15, 16, 17, 130])
