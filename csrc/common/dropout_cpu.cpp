@@ -186,10 +186,51 @@ void fill_keep_flags(const DropoutMask& mask, int64_t flat_begin, int64_t count,
   }
 }
 
+namespace {
+
+#ifdef PEFTCORE_HAVE_AVX2_PATH
+// 16 keep bytes -> a lane mask (AVX-512F: widen to 32-bit lanes, test non-zero).
+AVX512_FN inline __mmask16 keep_mask16(const uint8_t* keep) {
+  const __m512i k = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(keep)));
+  return _mm512_test_epi32_mask(k, k);
+}
+
+// The float32 loops below, 16 elements per step: GCC left the byte-flag selects
+// scalar, and they cost the LoRA step at p = 0.1 about 8 ms of 118 (N=4096, 1024^2).
+AVX512_FN void masked_copy_f32_avx512(const float* in, const uint8_t* keep, float* out, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(out + i, _mm512_maskz_loadu_ps(keep_mask16(keep + i), in + i));
+  for (; i < n; ++i) out[i] = keep[i] ? in[i] : 0.0f;
+}
+
+AVX512_FN void masked_add_f32_avx512(float* dst, const float* in, const uint8_t* keep, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 d = _mm512_loadu_ps(dst + i);
+    _mm512_storeu_ps(dst + i, _mm512_mask_add_ps(d, keep_mask16(keep + i), d, _mm512_loadu_ps(in + i)));
+  }
+  for (; i < n; ++i) dst[i] = keep[i] ? dst[i] + in[i] : dst[i];
+}
+
+AVX512_FN void zero_dropped_f32_avx512(float* dst, const uint8_t* keep, int64_t n) {
+  int64_t i = 0;
+  const __m512 zero = _mm512_setzero_ps();
+  for (; i + 16 <= n; i += 16) _mm512_mask_storeu_ps(dst + i, static_cast<__mmask16>(~keep_mask16(keep + i)), zero);
+  for (; i < n; ++i) dst[i] = keep[i] ? dst[i] : 0.0f;
+}
+#endif
+
+}  // namespace
+
 void masked_copy(const at::Tensor& src, const uint8_t* keep, at::Tensor& out) {
   TORCH_INTERNAL_ASSERT(out.is_contiguous() && out.sizes() == src.sizes());
   const at::Tensor s = src.contiguous();
   const int64_t n = s.numel();
+#ifdef PEFTCORE_HAVE_AVX2_PATH
+  if (s.scalar_type() == at::kFloat && avx512_kernels_enabled()) {
+    return masked_copy_f32_avx512(s.const_data_ptr<float>(), keep, out.mutable_data_ptr<float>(), n);
+  }
+#endif
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "masked_copy", [&] {
     const scalar_t* __restrict in = s.const_data_ptr<scalar_t>();
     const uint8_t* __restrict k = keep;
@@ -202,11 +243,31 @@ void masked_add_(at::Tensor& dst, const at::Tensor& src, const uint8_t* keep) {
   TORCH_INTERNAL_ASSERT(dst.is_contiguous() && dst.sizes() == src.sizes());
   const at::Tensor s = src.contiguous();
   const int64_t n = s.numel();
+#ifdef PEFTCORE_HAVE_AVX2_PATH
+  if (s.scalar_type() == at::kFloat && avx512_kernels_enabled()) {
+    return masked_add_f32_avx512(dst.mutable_data_ptr<float>(), s.const_data_ptr<float>(), keep, n);
+  }
+#endif
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "masked_add_", [&] {
     const scalar_t* __restrict in = s.const_data_ptr<scalar_t>();
     const uint8_t* __restrict k = keep;
     scalar_t* __restrict o = dst.mutable_data_ptr<scalar_t>();
     for (int64_t i = 0; i < n; ++i) o[i] = k[i] ? static_cast<scalar_t>(o[i] + in[i]) : o[i];
+  });
+}
+
+void zero_dropped_(at::Tensor& dst, const uint8_t* keep) {
+  TORCH_INTERNAL_ASSERT(dst.is_contiguous());
+  const int64_t n = dst.numel();
+#ifdef PEFTCORE_HAVE_AVX2_PATH
+  if (dst.scalar_type() == at::kFloat && avx512_kernels_enabled()) {
+    return zero_dropped_f32_avx512(dst.mutable_data_ptr<float>(), keep, n);
+  }
+#endif
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dst.scalar_type(), "zero_dropped_", [&] {
+    const uint8_t* __restrict k = keep;
+    scalar_t* __restrict o = dst.mutable_data_ptr<scalar_t>();
+    for (int64_t i = 0; i < n; ++i) o[i] = k[i] ? o[i] : scalar_t(0);
   });
 }
 

@@ -24,4 +24,7 @@ void masked_copy(const at::Tensor& src, const uint8_t* keep, at::Tensor& out);
 // dst += src ∘ keep, dst contiguous.
 void masked_add_(at::Tensor& dst, const at::Tensor& src, const uint8_t* keep);
 
+// dst = dst ∘ keep in place, dst contiguous.
+void zero_dropped_(at::Tensor& dst, const uint8_t* keep);
+
 }  // namespace peftcore

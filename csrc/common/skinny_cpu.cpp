@@ -3,6 +3,7 @@
 #include "common/cpu_features.h"
 #include "common/parallel.h"
 #include <ATen/ops/mm.h>
+#include <ATen/record_function.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -198,6 +199,7 @@ bool skinny_simd_applies(const at::Tensor& a, const at::Tensor& b) {
 }
 
 void outer_acc_(at::Tensor& acc, const at::Tensor& left, const at::Tensor& right) {
+  RECORD_FUNCTION("peftcore::cpu_outer_acc", std::vector<c10::IValue>());
   TORCH_INTERNAL_ASSERT(left.dim() == 2 && right.dim() == 2 && acc.dim() == 2 && left.size(0) == right.size(0) &&
                         acc.size(0) == left.size(1) && acc.size(1) == right.size(1));
 #ifdef PEFTCORE_SKINNY_AVX512
@@ -212,6 +214,7 @@ void outer_acc_(at::Tensor& acc, const at::Tensor& left, const at::Tensor& right
 
 
 void skinny_nt_(at::Tensor& out, const at::Tensor& a, const at::Tensor& bt, double scale) {
+  RECORD_FUNCTION("peftcore::cpu_skinny_nt", std::vector<c10::IValue>());
   TORCH_INTERNAL_ASSERT(a.dim() == 2 && bt.dim() == 2 && out.dim() == 2 && a.size(1) == bt.size(0) &&
                         out.size(0) == a.size(0) && out.size(1) == bt.size(1));
 #ifdef PEFTCORE_SKINNY_AVX512

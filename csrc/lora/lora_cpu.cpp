@@ -8,6 +8,7 @@
 // dropout the rows go in blocks whose keep-mask is regenerated once and serves both
 // dA and dx, so no mask or masked copy outlives a block.
 #include <ATen/OpMathType.h>
+#include <ATen/record_function.h>
 #include "common/parallel.h"
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
@@ -43,6 +44,7 @@ class BlockedDropout {
   void for_each_block(const Body& body) {
     for (int64_t row0 = 0; row0 < n_; row0 += block_) {
       const int64_t rows = std::min(block_, n_ - row0);
+      RECORD_FUNCTION("peftcore::cpu_dropout_mask", std::vector<c10::IValue>());
       parallel_for_below_autograd(0, rows, 16, [&](int64_t r0, int64_t r1) {
         fill_keep_flags(mask_, (row0 + r0) * cols_, (r1 - r0) * cols_, keep_.data() + r0 * cols_);
       });
@@ -52,6 +54,7 @@ class BlockedDropout {
 
   // src ∘ keep for the current block (src: [rows, cols]).
   at::Tensor masked(const at::Tensor& src) {
+    RECORD_FUNCTION("peftcore::cpu_masked_copy", std::vector<c10::IValue>());
     at::Tensor out = masked_.narrow(0, 0, src.size(0));
     parallel_for_below_autograd(0, src.size(0), 16, [&](int64_t r0, int64_t r1) {
       at::Tensor dst = out.narrow(0, r0, r1 - r0);
@@ -60,16 +63,18 @@ class BlockedDropout {
     return out;
   }
 
-  // dst = src ∘ keep for the current block.
-  void copy_masked(at::Tensor& dst, const at::Tensor& src) {
-    parallel_for_below_autograd(0, src.size(0), 16, [&](int64_t r0, int64_t r1) {
+  // dst = dst ∘ keep in place for the current block (dst contiguous).
+  void zero_dropped(at::Tensor& dst) {
+    RECORD_FUNCTION("peftcore::cpu_zero_dropped", std::vector<c10::IValue>());
+    parallel_for_below_autograd(0, dst.size(0), 16, [&](int64_t r0, int64_t r1) {
       at::Tensor d = dst.narrow(0, r0, r1 - r0);
-      masked_copy(src.narrow(0, r0, r1 - r0), keep_.data() + r0 * cols_, d);
+      zero_dropped_(d, keep_.data() + r0 * cols_);
     });
   }
 
   // dst += src ∘ keep for the current block (dst contiguous).
   void add_masked(at::Tensor& dst, const at::Tensor& src) {
+    RECORD_FUNCTION("peftcore::cpu_masked_add", std::vector<c10::IValue>());
     parallel_for_below_autograd(0, src.size(0), 16, [&](int64_t r0, int64_t r1) {
       at::Tensor d = dst.narrow(0, r0, r1 - r0);
       masked_add_(d, src.narrow(0, r0, r1 - r0), keep_.data() + r0 * cols_);
@@ -138,7 +143,8 @@ LoraSkinnyGrads backward_cpu(const at::Tensor& g, const at::Tensor& x, const at:
     if (grad_x != nullptr) {
       at::Tensor dx_block = grad_x->narrow(0, row0, rows);
       if (masked && write_dx) {
-        masked->copy_masked(dx_block, at::mm(t_block, A));
+        at::mm_out(dx_block, t_block, A);
+        masked->zero_dropped(dx_block);
       } else if (masked) {
         masked->add_masked(dx_block, at::mm(t_block, A));
       } else if (write_dx) {
