@@ -41,6 +41,48 @@ void philox_words_scalar(uint64_t group0, int64_t groups, uint64_t stream, uint6
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define PEFTCORE_HAVE_AVX2_PATH 1
 
+// Ten Philox4x32-10 rounds on two independent 4-word states a0..a3 and b0..b3 (two
+// sets of counters hide the multiply latency), one word per 64-bit lane, for one
+// vector width: MUL is its 32x32->64 multiply of the low halves (mul_epu32), XOR /
+// SRL / AND its xor, 64-bit right shift and and; round_key0/1[r] the broadcast keys.
+// A macro, not a template: the intrinsics of each width only inline into functions
+// compiled for that width (a template over vector operators ran 1.7x slower).
+#define PEFTCORE_PHILOX_TEN_ROUNDS(MUL, XOR, SRL, AND)                     \
+  for (int r = 0; r < 10; ++r) {                                           \
+    const auto pa0 = MUL(a0, mul0), pa1 = MUL(a2, mul1);                   \
+    const auto pb0 = MUL(b0, mul0), pb1 = MUL(b2, mul1);                   \
+    a0 = XOR(XOR(SRL(pa1, 32), a1), round_key0[r]);                        \
+    a2 = XOR(XOR(SRL(pa0, 32), a3), round_key1[r]);                        \
+    a1 = AND(pa1, low32);                                                  \
+    a3 = AND(pa0, low32);                                                  \
+    b0 = XOR(XOR(SRL(pb1, 32), b1), round_key0[r]);                        \
+    b2 = XOR(XOR(SRL(pb0, 32), b3), round_key1[r]);                        \
+    b1 = AND(pb1, low32);                                                  \
+    b3 = AND(pb0, low32);                                                  \
+  }
+
+// The two states of counters c.. and c + PER.. (LANES(c, shift): bits [shift, shift+32)
+// of consecutive counters, one per lane), after their ten rounds.
+#define PEFTCORE_PHILOX_TWO_STATES(VEC, LANES, PER, MUL, XOR, SRL, AND)                 \
+  VEC a0 = LANES(c, 0), a1 = LANES(c, 32), a2 = stream_lo, a3 = stream_hi;              \
+  VEC b0 = LANES(c + PER, 0), b1 = LANES(c + PER, 32), b2 = stream_lo, b3 = stream_hi;  \
+  PEFTCORE_PHILOX_TEN_ROUNDS(MUL, XOR, SRL, AND)
+
+// The multipliers, the low-word mask, the stream words and the round keys of `key`,
+// broadcast by each width's SET1 (64-bit lanes).
+#define PEFTCORE_PHILOX_CONSTANTS(VEC, SET1)                                           \
+  const VEC mul0 = SET1(0xD2511F53), mul1 = SET1(0xCD9E8D57), low32 = SET1(0xFFFFFFFF); \
+  const VEC stream_lo = SET1(static_cast<uint32_t>(stream));                           \
+  const VEC stream_hi = SET1(static_cast<uint32_t>(stream >> 32));                     \
+  VEC round_key0[10], round_key1[10];                                                  \
+  {                                                                                    \
+    uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);   \
+    for (int r = 0; r < 10; ++r, k0 += 0x9E3779B9u, k1 += 0xBB67AE85u) {               \
+      round_key0[r] = SET1(k0);                                                        \
+      round_key1[r] = SET1(k1);                                                        \
+    }                                                                                  \
+  }
+
 // Counters c..c+3, bits [shift, shift + 32) of each, zero-extended into 64-bit lanes.
 __attribute__((target("avx2"))) inline __m256i counter_lanes(uint64_t c, int shift) {
   const auto part = [](uint64_t v) { return static_cast<long long>(static_cast<uint32_t>(v)); };
@@ -51,34 +93,12 @@ __attribute__((target("avx2"))) inline __m256i counter_lanes(uint64_t c, int shi
 __attribute__((target("avx2"))) void philox_words_avx2(uint64_t group0, int64_t groups,
                                                        uint64_t stream, uint64_t key,
                                                        uint32_t* words) {
-  const __m256i mul0 = _mm256_set1_epi64x(0xD2511F53), mul1 = _mm256_set1_epi64x(0xCD9E8D57);
-  const __m256i low32 = _mm256_set1_epi64x(0xFFFFFFFF);
-  const __m256i stream_lo = _mm256_set1_epi64x(static_cast<uint32_t>(stream));
-  const __m256i stream_hi = _mm256_set1_epi64x(static_cast<uint32_t>(stream >> 32));
-  __m256i round_key0[10], round_key1[10];
-  uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
-  for (int r = 0; r < 10; ++r, k0 += 0x9E3779B9u, k1 += 0xBB67AE85u) {
-    round_key0[r] = _mm256_set1_epi64x(k0);
-    round_key1[r] = _mm256_set1_epi64x(k1);
-  }
+  PEFTCORE_PHILOX_CONSTANTS(__m256i, _mm256_set1_epi64x)
   int64_t g = 0;
   for (; g + 8 <= groups; g += 8) {
     const uint64_t c = group0 + static_cast<uint64_t>(g);
-    // Two independent sets of 4 counters hide the multiply latency.
-    __m256i a0 = counter_lanes(c, 0), a1 = counter_lanes(c, 32), a2 = stream_lo, a3 = stream_hi;
-    __m256i b0 = counter_lanes(c + 4, 0), b1 = counter_lanes(c + 4, 32), b2 = stream_lo, b3 = stream_hi;
-    for (int r = 0; r < 10; ++r) {
-      const __m256i pa0 = _mm256_mul_epu32(a0, mul0), pa1 = _mm256_mul_epu32(a2, mul1);
-      const __m256i pb0 = _mm256_mul_epu32(b0, mul0), pb1 = _mm256_mul_epu32(b2, mul1);
-      a0 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(pa1, 32), a1), round_key0[r]);
-      a2 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(pa0, 32), a3), round_key1[r]);
-      a1 = _mm256_and_si256(pa1, low32);
-      a3 = _mm256_and_si256(pa0, low32);
-      b0 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(pb1, 32), b1), round_key0[r]);
-      b2 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(pb0, 32), b3), round_key1[r]);
-      b1 = _mm256_and_si256(pb1, low32);
-      b3 = _mm256_and_si256(pb0, low32);
-    }
+    PEFTCORE_PHILOX_TWO_STATES(__m256i, counter_lanes, 4, _mm256_mul_epu32, _mm256_xor_si256, _mm256_srli_epi64,
+                               _mm256_and_si256)
     alignas(32) uint64_t out[4][8];
     _mm256_store_si256(reinterpret_cast<__m256i*>(&out[0][0]), a0);
     _mm256_store_si256(reinterpret_cast<__m256i*>(&out[0][4]), b0);
@@ -120,33 +140,12 @@ AVX512_FN inline void store_counter_order(__m512i w0, __m512i w1, __m512i w2, __
 
 AVX512_FN void philox_words_avx512(uint64_t group0, int64_t groups, uint64_t stream, uint64_t key,
                                    uint32_t* words) {
-  const __m512i mul0 = _mm512_set1_epi64(0xD2511F53), mul1 = _mm512_set1_epi64(0xCD9E8D57);
-  const __m512i low32 = _mm512_set1_epi64(0xFFFFFFFF);
-  const __m512i stream_lo = _mm512_set1_epi64(static_cast<uint32_t>(stream));
-  const __m512i stream_hi = _mm512_set1_epi64(static_cast<uint32_t>(stream >> 32));
-  __m512i round_key0[10], round_key1[10];
-  uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
-  for (int r = 0; r < 10; ++r, k0 += 0x9E3779B9u, k1 += 0xBB67AE85u) {
-    round_key0[r] = _mm512_set1_epi64(k0);
-    round_key1[r] = _mm512_set1_epi64(k1);
-  }
+  PEFTCORE_PHILOX_CONSTANTS(__m512i, _mm512_set1_epi64)
   int64_t g = 0;
   for (; g + 16 <= groups; g += 16) {
     const uint64_t c = group0 + static_cast<uint64_t>(g);
-    __m512i a0 = counter_lanes8(c, 0), a1 = counter_lanes8(c, 32), a2 = stream_lo, a3 = stream_hi;
-    __m512i b0 = counter_lanes8(c + 8, 0), b1 = counter_lanes8(c + 8, 32), b2 = stream_lo, b3 = stream_hi;
-    for (int r = 0; r < 10; ++r) {
-      const __m512i pa0 = _mm512_mul_epu32(a0, mul0), pa1 = _mm512_mul_epu32(a2, mul1);
-      const __m512i pb0 = _mm512_mul_epu32(b0, mul0), pb1 = _mm512_mul_epu32(b2, mul1);
-      a0 = _mm512_xor_si512(_mm512_xor_si512(_mm512_srli_epi64(pa1, 32), a1), round_key0[r]);
-      a2 = _mm512_xor_si512(_mm512_xor_si512(_mm512_srli_epi64(pa0, 32), a3), round_key1[r]);
-      a1 = _mm512_and_si512(pa1, low32);
-      a3 = _mm512_and_si512(pa0, low32);
-      b0 = _mm512_xor_si512(_mm512_xor_si512(_mm512_srli_epi64(pb1, 32), b1), round_key0[r]);
-      b2 = _mm512_xor_si512(_mm512_xor_si512(_mm512_srli_epi64(pb0, 32), b3), round_key1[r]);
-      b1 = _mm512_and_si512(pb1, low32);
-      b3 = _mm512_and_si512(pb0, low32);
-    }
+    PEFTCORE_PHILOX_TWO_STATES(__m512i, counter_lanes8, 8, _mm512_mul_epu32, _mm512_xor_si512, _mm512_srli_epi64,
+                               _mm512_and_si512)
     store_counter_order(a0, a1, a2, a3, words + 4 * g);
     store_counter_order(b0, b1, b2, b3, words + 4 * (g + 8));
   }
