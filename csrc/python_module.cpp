@@ -17,7 +17,8 @@ PYBIND11_MODULE(_C, m) {
     info["cuda_architectures"] = PEFTCORE_CUDA_ARCHS;
     return info;
   }, "What this binary was compiled with and against.");
-  // Tests run the CPU paths with and without the hand-written AVX-512 kernels.
-  m.def("_avx512_kernels", &peftcore::avx512_kernels_enabled);
-  m.def("_set_avx512_kernels", &peftcore::set_avx512_kernels_enabled, py::arg("enabled"));
+  // Tests run the CPU paths with and without the hand-written vector kernels.
+  m.def("_cpu_has_avx512", &peftcore::cpu_has_avx512);
+  m.def("_vector_kernels", &peftcore::cpu_vector_kernels_enabled);
+  m.def("_set_vector_kernels", &peftcore::set_cpu_vector_kernels_enabled, py::arg("enabled"));
 }

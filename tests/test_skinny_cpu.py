@@ -15,16 +15,12 @@ lora_op = torch.ops.peftcore.lora_linear
 
 @pytest.fixture(params=["avx512", "fallback"])
 def kernels(request):
-    before = _C._avx512_kernels()
-    if request.param == "avx512":
-        try:
-            _C._set_avx512_kernels(True)
-        except RuntimeError:
-            pytest.skip("this CPU has no AVX-512F")
-    else:
-        _C._set_avx512_kernels(False)
+    if request.param == "avx512" and not _C._cpu_has_avx512():
+        pytest.skip("this CPU has no AVX-512F")
+    before = _C._vector_kernels()
+    _C._set_vector_kernels(request.param == "avx512")
     yield request.param
-    _C._set_avx512_kernels(before)
+    _C._set_vector_kernels(before)
 
 
 # Ranks: every chunk of the outer product (16/8/4/2/1 rows of acc) and of the NT
@@ -42,14 +38,14 @@ def _inputs(n, n_in, n_out, r, seed):
     return [x, w, b, a, bb]
 
 
-def _check_fp32(n, n_in, n_out, r, p=0.0, x_row_stride=None):
+def _check_fp32(n, n_in, n_out, r, p=0.0, x_row_stride=None, dtype=torch.float32):
     ref_in = _inputs(n, n_in, n_out, r, seed=n * 1000 + r)
-    low = [t.float().requires_grad_(True) for t in ref_in]
+    low = [t.to(dtype).requires_grad_(True) for t in ref_in]
     ref_in = [t.detach().double().requires_grad_(True) for t in low]
     seed = torch.tensor([7, 11], dtype=torch.int64)
     ours_in = list(low)
     if x_row_stride is not None:  # x a column slice of a wider leaf: rows not adjacent
-        wide = torch.zeros(n, x_row_stride)
+        wide = torch.zeros(n, x_row_stride, dtype=dtype)
         wide[:, 3 : 3 + n_in] = low[0].detach()
         wide.requires_grad_(True)
         ours_in[0] = wide[:, 3 : 3 + n_in]
@@ -59,8 +55,8 @@ def _check_fp32(n, n_in, n_out, r, p=0.0, x_row_stride=None):
     ref = reference.lora_linear(*ref_in, 0.5, p, seed)
     assert_as_accurate_as_torch(out, torch_low, ref, "out")
     grad = torch.randn(ref.shape, dtype=torch.float64)
-    g_ours = torch.autograd.grad(out, ours_in, grad.float())
-    g_low = torch.autograd.grad(torch_low, low, grad.float())
+    g_ours = torch.autograd.grad(out, ours_in, grad.to(dtype))
+    g_low = torch.autograd.grad(torch_low, low, grad.to(dtype))
     g_ref = torch.autograd.grad(ref, ref_in, grad)
     for name, go, gl, gr in zip(["x", "weight", "bias", "A", "B"], g_ours, g_low, g_ref):
         assert_as_accurate_as_torch(go, gl, gr, f"grad {name} (r={r})")
@@ -85,8 +81,10 @@ def test_column_tails(kernels, cols):
     _check_fp32(n=70, n_in=cols, n_out=cols + 3, r=6)
 
 
-def test_dropout_blocks(kernels):
-    _check_fp32(n=600, n_in=300, n_out=20, r=16, p=0.25)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_dropout_blocks(kernels, dtype):
+    # Masks applied 16 elements at a time (a tail of 12 per row), in each dtype.
+    _check_fp32(n=600, n_in=300, n_out=20, r=16, p=0.25, dtype=dtype)
 
 
 @pytest.mark.parametrize("n", [90, 2000])  # unmerged and merged paths
@@ -95,13 +93,5 @@ def test_strided_rows(kernels, n):
     _check_fp32(n=n, n_in=150, n_out=40, r=16, x_row_stride=200)
 
 
-def test_switch_refuses_what_the_cpu_lacks():
-    before = _C._avx512_kernels()
-    try:
-        _C._set_avx512_kernels(False)
-        assert not _C._avx512_kernels()
-    finally:
-        try:
-            _C._set_avx512_kernels(before)
-        except RuntimeError:
-            assert not before
+def test_switch_is_on_by_default():
+    assert _C._vector_kernels()

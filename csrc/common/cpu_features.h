@@ -1,11 +1,15 @@
-// Which hand-written AVX-512 CPU kernels may run: the CPU has AVX-512F (with the OS
-// saving its registers) and they have not been switched off. Tests switch them off
-// to run the AVX2 / MKL fallbacks against the same oracles on an AVX-512 machine.
+// Which hand-written vector CPU kernels may run: the CPU has the instruction set (with
+// the OS saving its registers) and the kernels have not been switched off. Tests switch
+// them off to run the MKL / scalar fallbacks against the same oracles.
 #pragma once
 
 namespace peftcore {
 
-bool avx512_kernels_enabled();
-void set_avx512_kernels_enabled(bool enabled);  // refuses true on a CPU without AVX-512F
+bool cpu_has_avx512();
+bool cpu_vector_kernels_enabled();  // the switch (on by default)
+void set_cpu_vector_kernels_enabled(bool enabled);
+
+bool avx512_kernels_enabled();  // switch on and AVX-512F (skinny products, fp32 masks, Philox)
+bool avx2_kernels_enabled();    // switch on and AVX2 (16-bit dropout masks)
 
 }  // namespace peftcore

@@ -211,6 +211,24 @@ AVX512_FN void masked_add_f32_avx512(float* dst, const float* in, const uint8_t*
   for (; i < n; ++i) dst[i] = keep[i] ? dst[i] + in[i] : dst[i];
 }
 
+// 16-bit elements (bf16, fp16): dropping is zeroing bits, so 16 lanes of AVX2 do it
+// without converting: 16 keep bytes widen to 16-bit lanes of all-ones or zero.
+__attribute__((target("avx2"))) inline __m256i keep_lanes16(const uint8_t* keep) {
+  const __m256i k = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(keep)));
+  return _mm256_cmpgt_epi16(k, _mm256_setzero_si256());
+}
+
+// out = in where kept, 0 where dropped (in == out allowed), 16-bit elements.
+__attribute__((target("avx2"))) void masked_copy_16bit_avx2(const uint16_t* in, const uint8_t* keep, uint16_t* out,
+                                                            int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + i));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm256_and_si256(v, keep_lanes16(keep + i)));
+  }
+  for (; i < n; ++i) out[i] = keep[i] ? in[i] : uint16_t{0};  // +0.0 in bf16 and fp16
+}
+
 AVX512_FN void zero_dropped_f32_avx512(float* dst, const uint8_t* keep, int64_t n) {
   int64_t i = 0;
   const __m512 zero = _mm512_setzero_ps();
@@ -228,6 +246,10 @@ void masked_copy(const at::Tensor& src, const uint8_t* keep, at::Tensor& out) {
 #ifdef PEFTCORE_HAVE_AVX2_PATH
   if (s.scalar_type() == at::kFloat && avx512_kernels_enabled()) {
     return masked_copy_f32_avx512(s.const_data_ptr<float>(), keep, out.mutable_data_ptr<float>(), n);
+  }
+  if (s.element_size() == 2 && avx2_kernels_enabled()) {
+    return masked_copy_16bit_avx2(static_cast<const uint16_t*>(s.const_data_ptr()), keep,
+                                  static_cast<uint16_t*>(out.mutable_data_ptr()), n);
   }
 #endif
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.scalar_type(), "masked_copy", [&] {
@@ -261,6 +283,10 @@ void zero_dropped_(at::Tensor& dst, const uint8_t* keep) {
 #ifdef PEFTCORE_HAVE_AVX2_PATH
   if (dst.scalar_type() == at::kFloat && avx512_kernels_enabled()) {
     return zero_dropped_f32_avx512(dst.mutable_data_ptr<float>(), keep, n);
+  }
+  if (dst.element_size() == 2 && avx2_kernels_enabled()) {
+    auto* d = static_cast<uint16_t*>(dst.mutable_data_ptr());
+    return masked_copy_16bit_avx2(d, keep, d, n);
   }
 #endif
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dst.scalar_type(), "zero_dropped_", [&] {
