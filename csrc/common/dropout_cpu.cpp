@@ -121,11 +121,13 @@ __attribute__((target("avx2"))) void philox_words_avx2(uint64_t group0, int64_t 
 // with p=0.1 on 4096 x 1024 float32 took 5.3 ms with the AVX2 path, 4.3 ms with this.
 #define AVX512_FN __attribute__((target("avx512f")))
 
+// Counters c..c+7, bits [shift, shift + 32) of each, zero-extended into 64-bit lanes:
+// one vector add, not eight scalar lanes (a fifth of the work per counter otherwise).
 AVX512_FN inline __m512i counter_lanes8(uint64_t c, int shift) {
-  const auto part = [](uint64_t v) { return static_cast<long long>(static_cast<uint32_t>(v)); };
-  return _mm512_set_epi64(part((c + 7) >> shift), part((c + 6) >> shift), part((c + 5) >> shift),
-                          part((c + 4) >> shift), part((c + 3) >> shift), part((c + 2) >> shift),
-                          part((c + 1) >> shift), part(c >> shift));
+  const __m512i counters = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(c)),
+                                            _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
+  const __m512i low32 = _mm512_set1_epi64(0xFFFFFFFF);
+  return shift == 0 ? _mm512_and_si512(counters, low32) : _mm512_srli_epi64(counters, 32);
 }
 
 // Words 0..3 of 8 counters (low 32 bits of each 64-bit lane) -> 32 words in counter order.
