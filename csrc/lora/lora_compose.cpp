@@ -98,7 +98,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_back
     grad_x = contiguous_result(at::mm(g2, merged_weight(weight, lora_A, lora_B, scaling)));
   }
   // The adapter's own passes over G and x; unless the merged weight serves, they
-  // also write m∘(T A) as grad_x, which the large GEMM then adds G W into.
+  // also write m∘(T A) as grad_x, which the large GEMM then adds G W into (or, see
+  // large_gemm_first, add T A into the G W the large GEMM wrote).
   at::Tensor* lora_dx = (output_mask[0] && !merged) ? &grad_x : nullptr;
   // With dropout dx's term is masked block by block: written, then accumulated into.
   const bool gemm_first = lora_dx != nullptr && dropout_p == 0.0 && large_gemm_first(x);

@@ -9,7 +9,6 @@
 // dA and dx, so no mask or masked copy outlives a block.
 #include <ATen/OpMathType.h>
 #include <ATen/record_function.h>
-#include "common/parallel.h"
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
@@ -19,6 +18,7 @@
 #include <vector>
 
 #include "common/dropout_cpu.h"
+#include "common/parallel.h"
 #include "common/skinny_cpu.h"
 #include "common/tn_product.h"
 #include "hydra/hydra_compose.h"
@@ -44,10 +44,12 @@ class BlockedDropout {
   void for_each_block(const Body& body) {
     for (int64_t row0 = 0; row0 < n_; row0 += block_) {
       const int64_t rows = std::min(block_, n_ - row0);
-      RECORD_FUNCTION("peftcore::cpu_dropout_mask", std::vector<c10::IValue>());
-      parallel_for_below_autograd(0, rows, 16, [&](int64_t r0, int64_t r1) {
-        fill_keep_flags(mask_, (row0 + r0) * cols_, (r1 - r0) * cols_, keep_.data() + r0 * cols_);
-      });
+      {
+        RECORD_FUNCTION("peftcore::cpu_dropout_mask", std::vector<c10::IValue>());
+        parallel_for_below_autograd(0, rows, 16, [&](int64_t r0, int64_t r1) {
+          fill_keep_flags(mask_, (row0 + r0) * cols_, (r1 - r0) * cols_, keep_.data() + r0 * cols_);
+        });
+      }
       body(row0, rows);
     }
   }
@@ -87,7 +89,6 @@ class BlockedDropout {
   std::vector<uint8_t> keep_;
   at::Tensor masked_;
 };
-
 
 // acc += t^T x; acc is float32 when t and x are 16-bit.
 void skinny_tn_acc(const at::Tensor& t, const at::Tensor& x, at::Tensor& acc) {
