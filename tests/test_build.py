@@ -88,3 +88,18 @@ def test_gpu_parts_diagnostic_runs_on_cpu():
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("====") == 3 and "dA: T^T x in 16 N-slabs" in out.stdout
+
+
+def test_bench_counts_page_faults_on_the_cpu():
+    # A fresh 64 MiB tensor is mapped anew by glibc on every call (above its largest
+    # mmap threshold), so filling it faults in every page: 16384 of 4 KiB.
+    import math
+
+    from peftcore.bench.common import time_alternating, timing_row
+
+    timing = time_alternating({"fresh": lambda: torch.empty(16 << 20).fill_(1.0)}, torch.device("cpu"),
+                              warmup=1, reps=2, rounds=1)["fresh"]
+    assert not math.isnan(timing.faults_per_call)
+    assert timing.faults_per_call > 8000
+    row = timing_row({"op": "fill"}, torch.device("cpu"), "fresh", timing)
+    assert row["faults_per_call"] == timing.faults_per_call

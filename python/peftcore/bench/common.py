@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import platform
 import statistics
@@ -18,6 +19,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+try:  # minor page faults per call on the CPU (Unix only)
+    import resource
+except ImportError:  # pragma: no cover
+    resource = None
 
 # Where results go unless --out says otherwise: ./peftcore-bench-results/<machine>/ (the
 # repository's bench/run.py points this at bench/results/, which bench/report.py reads).
@@ -30,6 +36,10 @@ ROUNDS_SCALE = 1
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else 0
 
 
 def _time_once(fn: Callable[[], object], device: torch.device) -> float:
@@ -51,6 +61,10 @@ class Timing:
     q1_s: float
     q3_s: float
     samples: int
+    # CPU: mean minor page faults per call. Fresh large allocations fault their pages
+    # back in (glibc returns freed blocks to the kernel): several ms per call at
+    # N=4096, 1024^2 on this VM, and which candidate pays is chaotic (bench/README).
+    faults_per_call: float = math.nan
 
 
 def time_alternating(
@@ -68,22 +82,30 @@ def time_alternating(
             fn()
     sync(device)
     samples: dict[str, list[float]] = {name: [] for name in candidates}
+    faults = dict.fromkeys(candidates, 0)
     for _ in range(rounds):
         for name, fn in candidates.items():
             for _ in range(reps):
+                before = _minor_faults()
                 samples[name].append(_time_once(fn, device))
+                faults[name] += _minor_faults() - before
     out = {}
     for name, xs in samples.items():
         q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
-        out[name] = Timing(statistics.median(xs), q[0], q[2], len(xs))
+        per_call = faults[name] / len(xs) if device.type == "cpu" and resource is not None else math.nan
+        out[name] = Timing(statistics.median(xs), q[0], q[2], len(xs), per_call)
     return out
 
 
 def timing_row(case: dict, device: torch.device, candidate: str, timing: Timing, **measures) -> dict:
-    """One result row: the case's columns, the candidate with its median and spread,
-    then the family's own measures (ratios, rates, memory)."""
-    return {**case, "device": device.type, "candidate": candidate, "median_ms": timing.median_s * 1e3,
-            "iqr_ms": (timing.q3_s - timing.q1_s) * 1e3, **measures}
+    """One result row: the case's columns, the candidate with its median and spread
+    (on the CPU also its page faults per call), then the family's own measures
+    (ratios, rates, memory)."""
+    row = {**case, "device": device.type, "candidate": candidate, "median_ms": timing.median_s * 1e3,
+           "iqr_ms": (timing.q3_s - timing.q1_s) * 1e3}
+    if not math.isnan(timing.faults_per_call):
+        row["faults_per_call"] = timing.faults_per_call
+    return {**row, **measures}
 
 
 @dataclass
