@@ -38,7 +38,8 @@ def _inputs(n, n_in, n_out, r, seed):
     return [x, w, b, a, bb]
 
 
-def _check_fp32(n, n_in, n_out, r, p=0.0, x_row_stride=None, dtype=torch.float32):
+def _check(n, n_in, n_out, r, p=0.0, x_row_stride=None, dtype=torch.float32):
+    """lora_linear forward + backward in `dtype` as accurate as torch in that dtype."""
     ref_in = _inputs(n, n_in, n_out, r, seed=n * 1000 + r)
     low = [t.to(dtype).requires_grad_(True) for t in ref_in]
     ref_in = [t.detach().double().requires_grad_(True) for t in low]
@@ -65,32 +66,32 @@ def _check_fp32(n, n_in, n_out, r, p=0.0, x_row_stride=None, dtype=torch.float32
 @pytest.mark.parametrize("r", RANKS)
 def test_unmerged_path_every_rank(kernels, r):
     # Few rows against in x out: h and T from skinny_nt_, dA and dB from tn_product.
-    _check_fp32(n=75, n_in=129, n_out=47, r=r)
+    _check(n=75, n_in=129, n_out=47, r=r)
 
 
 @pytest.mark.parametrize("r", [1, 4, 16, 33])
 def test_merged_path_row_blocks(kernels, r):
     # Many rows against in x out (merged weight): row_block_grads over several row
     # blocks per thread, 32-row passes with a tail, columns with a tail.
-    _check_fp32(n=2085, n_in=31, n_out=1000, r=r)
-    _check_fp32(n=2085, n_in=130, n_out=999, r=r)  # merged weight: 4-row groups with a tail, 64-column tiles
+    _check(n=2085, n_in=31, n_out=1000, r=r)
+    _check(n=2085, n_in=130, n_out=999, r=r)  # merged weight: 4-row groups with a tail, 64-column tiles
 
 
 @pytest.mark.parametrize("cols", [1, 15, 16, 17, 130])
 def test_column_tails(kernels, cols):
-    _check_fp32(n=70, n_in=cols, n_out=cols + 3, r=6)
+    _check(n=70, n_in=cols, n_out=cols + 3, r=6)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_dropout_blocks(kernels, dtype):
     # Masks applied 16 elements at a time (a tail of 12 per row), in each dtype.
-    _check_fp32(n=600, n_in=300, n_out=20, r=16, p=0.25, dtype=dtype)
+    _check(n=600, n_in=300, n_out=20, r=16, p=0.25, dtype=dtype)
 
 
 @pytest.mark.parametrize("n", [90, 2000])  # unmerged and merged paths
 def test_strided_rows(kernels, n):
     # The kernels read x's rows in place when they are not adjacent in memory.
-    _check_fp32(n=n, n_in=150, n_out=40, r=16, x_row_stride=200)
+    _check(n=n, n_in=150, n_out=40, r=16, x_row_stride=200)
 
 
 def test_switch_is_on_by_default():
