@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 
 #include "common/cpu_features.h"
+#include "common/side_stream.h"
 
 namespace py = pybind11;
 
@@ -21,4 +22,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("_cpu_has_avx512", &peftcore::cpu_has_avx512);
   m.def("_vector_kernels", &peftcore::cpu_vector_kernels_enabled);
   m.def("_set_vector_kernels", &peftcore::set_cpu_vector_kernels_enabled, py::arg("enabled"));
+  // The benchmark and the CUDA tests run the LoRA backward with and without a side stream.
+  m.def("_side_stream", &peftcore::side_stream_enabled);
+  m.def("_set_side_stream", &peftcore::set_side_stream_enabled, py::arg("enabled"));
 }

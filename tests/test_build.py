@@ -91,17 +91,17 @@ def test_gpu_parts_diagnostic_runs_on_cpu():
 
 
 def test_bench_counts_page_faults_on_the_cpu():
-    # A fresh 64 MiB tensor is mapped anew by glibc on every call (above its largest
-    # mmap threshold), so filling it faults in every page: 16384 of 4 KiB, or 32 when
-    # transparent huge pages back it. Where the kernel reports no minor faults at all
-    # (some sandboxes), the column must be absent, not a misleading 0.
+    # A fresh 64 MiB mapping faults in every page it touches: 16384 of 4 KiB, or 32
+    # where transparent huge pages back it. (Not a fresh tensor: after other tests,
+    # glibc may serve 64 MiB from heap memory it kept mapped, and nothing faults.)
+    # Where the kernel reports no minor faults at all, the column must be absent.
     import math
 
-    from peftcore.bench.common import kernel_counts_page_faults, time_alternating, timing_row
+    from peftcore.bench.common import kernel_counts_page_faults, time_alternating, timing_row, touch_fresh_mapping
 
-    timing = time_alternating({"fresh": lambda: torch.empty(16 << 20).fill_(1.0)}, torch.device("cpu"),
+    timing = time_alternating({"fresh": lambda: touch_fresh_mapping(64 << 20)}, torch.device("cpu"),
                               warmup=1, reps=2, rounds=1)["fresh"]
-    row = timing_row({"op": "fill"}, torch.device("cpu"), "fresh", timing)
+    row = timing_row({"op": "touch"}, torch.device("cpu"), "fresh", timing)
     if kernel_counts_page_faults():
         assert timing.faults_per_call >= 16
         assert row["faults_per_call"] == timing.faults_per_call

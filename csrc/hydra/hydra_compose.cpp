@@ -254,6 +254,7 @@ HydraBackward hydra_backward(const LoraSkinnyOps& ops, const at::Tensor& grad_ou
     if (need_gh) g_h = g.clone();
     seq = ops.backward(g, h, hidden_s, *A_s, *B_s, scale_s / keep, ptr(drop.h), need_gh ? &g_h : nullptr,
                        output_mask[5], output_mask[6]);
+    seq.wait();
   }
   at::Tensor grad_x;
   if (output_mask[0]) {
@@ -264,6 +265,7 @@ HydraBackward hydra_backward(const LoraSkinnyOps& ops, const at::Tensor& grad_ou
   if (d.rank_p > 0) {
     par = ops.backward(g, x2, hidden_p, *A_p, *B_p, scale_p / keep, ptr(drop.x),
                        output_mask[0] ? &grad_x : nullptr, output_mask[3], output_mask[4]);
+    par.wait();
   }
   auto pick = [&](bool wanted, const at::Tensor& t) { return wanted && t.defined() ? t : empty_grad(x); };
   return {

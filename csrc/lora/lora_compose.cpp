@@ -110,6 +110,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_back
                            ptr(spec), lora_dx, output_mask[3], output_mask[4]);
   }
   if (lora_dx != nullptr && !gemm_first) grad_x.addmm_(g2, weight);
+  adapter.wait();  // after the large GEMM, which a backend may overlap dA and dB with
   return {
       output_mask[0] ? grad_x.view(x.sizes()) : empty_grad(x),
       output_mask[1] ? at::mm(g2.t(), x2) : empty_grad(x),

@@ -25,8 +25,10 @@
 #include <ATen/core/Tensor.h>
 
 #include <array>
+#include <functional>
 #include <optional>
 #include <tuple>
+#include <utility>
 
 namespace peftcore {
 
@@ -38,6 +40,15 @@ struct DropoutSpec {
 struct LoraSkinnyGrads {
   at::Tensor grad_A;  // [r, in], or undefined when not asked for
   at::Tensor grad_B;  // [out, r], or undefined when not asked for
+  // Set when a backend still computes grad_A / grad_B on another stream (CUDA side
+  // stream, common/side_stream.h): makes the current stream wait for them.
+  std::function<void()> pending;
+
+  // Call once the work meant to overlap with grad_A / grad_B is enqueued, before
+  // either is used.
+  void wait() {
+    if (pending) std::exchange(pending, nullptr)();
+  }
 };
 
 struct LoraSkinnyOps {

@@ -7,19 +7,26 @@
 // forward and dA read a masked copy of x that lives only for that GEMM, and dx's
 // term T A has its dropped elements zeroed in place, so nothing mask-sized is ever
 // saved for backward. (Hydra still adds into existing buffers: masked_add_.)
+// Optionally (common/side_stream.h) the backward's dA and dB run on a second stream
+// beside the large GEMM.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
+#include <ATen/cuda/CUDAEvent.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <initializer_list>
+#include <memory>
 #include <type_traits>
 
 #include "common/philox.h"
+#include "common/side_stream.h"
 #include "hydra/hydra_compose.h"
 #include "lora/lora_compose.h"
 #include "lora/lora_kernels.cuh"
@@ -121,11 +128,53 @@ void expand_add_cuda(at::Tensor& y, const at::Tensor& h, const at::Tensor& B) {
   y.addmm_(h, B.t());
 }
 
+// Without dropout, when dx is wanted and the side stream is switched on: dA = T^T x
+// and dB = G^T hidden (reductions over N that stream x and G once each) run on a pool
+// stream while the current stream writes T A and goes on to the caller's large GEMM
+// G W; grads.pending makes the current stream wait for them. Outputs are allocated on
+// the current stream, and every tensor the side stream touches is recorded on it, so
+// the caching allocator reuses none of their blocks before the side work is done.
+LoraSkinnyGrads backward_overlapped(const at::Tensor& g, const at::Tensor& x, const at::Tensor& hidden,
+                                    const at::Tensor& A, const at::Tensor& B, double scale,
+                                    at::Tensor& grad_x, bool want_A, bool want_B) {
+  const c10::cuda::CUDAStream main = c10::cuda::getCurrentCUDAStream();
+  at::Tensor t = at::mm(g, B);  // [N, r]
+  if (scale != 1.0) t.mul_(scale);
+  LoraSkinnyGrads grads;
+  if (want_A) grads.grad_A = at::empty({A.size(0), A.size(1)}, x.options());
+  if (want_B) grads.grad_B = at::empty({B.size(0), B.size(1)}, g.options());
+  const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, g.device().index());
+  at::cuda::CUDAEvent inputs_ready;
+  inputs_ready.record(main);
+  inputs_ready.block(side);
+  {
+    const c10::cuda::CUDAStreamGuard on_side(side);
+    if (want_B) at::mm_out(grads.grad_B, g.t(), hidden);
+    if (want_A) at::mm_out(grads.grad_A, t.t(), x);
+  }
+  for (const at::Tensor* used : std::initializer_list<const at::Tensor*>{&g, &x, &hidden, &t, &grads.grad_A,
+                                                                         &grads.grad_B}) {
+    if (used->defined()) c10::cuda::CUDACachingAllocator::recordStream(used->storage().data_ptr(), side);
+  }
+  auto done = std::make_shared<at::cuda::CUDAEvent>();
+  done->record(side);
+  grads.pending = [done, main] { done->block(main); };
+  if (grad_x.defined()) {
+    grad_x.addmm_(t, A);
+  } else {
+    grad_x = at::mm(t, A);
+  }
+  return grads;
+}
+
 LoraSkinnyGrads backward_cuda(const at::Tensor& g, const at::Tensor& x, const at::Tensor& hidden,
                               const at::Tensor& A, const at::Tensor& B, double scale,
                               const DropoutSpec* dropout, at::Tensor* grad_x, bool want_A,
                               bool want_B) {
   const c10::cuda::CUDAGuard guard(g.device());
+  if (dropout == nullptr && grad_x != nullptr && (want_A || want_B) && side_stream_enabled()) {
+    return backward_overlapped(g, x, hidden, A, B, scale, *grad_x, want_A, want_B);
+  }
   LoraSkinnyGrads grads;
   if (want_B) grads.grad_B = at::mm(g.t(), hidden);
   if (!want_A && grad_x == nullptr) return grads;

@@ -79,6 +79,21 @@ def rotating_fwd_bwd(n: int, i: int, o: int, device, dtype):
     return xs, step
 
 
+SIDE_STREAM = "peftcore side stream"
+
+
+def with_side_stream(fn):
+    """The peftcore step with its backward's dA and dB on a second CUDA stream beside
+    the large GEMM (off by default: csrc/common/side_stream.h); CUDA, no dropout."""
+    def run():
+        peftcore._C._set_side_stream(True)
+        try:
+            fn()
+        finally:
+            peftcore._C._set_side_stream(False)
+    return run
+
+
 def build_candidates(base: nn.Linear, r: int, dropout: float) -> dict[str, nn.Module]:
     frozen = copy.deepcopy(base).requires_grad_(False)
     ours = peftcore.LoraLinear(copy.deepcopy(base), r=r, alpha=2 * r, dropout=dropout)
@@ -106,6 +121,9 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, limits: Limits, p
             modules = build_candidates(base, r, dropout)
             xs, step = rotating_fwd_bwd(n, i, o, device, dtype)
             steps = {k: step(m) for k, m in modules.items()}
+            if device.type == "cuda" and dropout == 0.0:
+                modules[SIDE_STREAM] = modules["peftcore"]
+                steps[SIDE_STREAM] = with_side_stream(steps["peftcore"])
             timings = time_alternating(steps, device, reps=reps, rounds=rounds)
             flops = lora_flops(n, i, o, r)
             peak = limits.matmul_tflops[str(dtype).replace("torch.", "")]

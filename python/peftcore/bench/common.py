@@ -44,22 +44,26 @@ def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else 0
 
 
-@functools.lru_cache(maxsize=None)
-def kernel_counts_page_faults() -> bool:
-    """Whether getrusage reports minor faults here: touching a fresh anonymous 4 MiB
-    mapping must fault at least once. Some sandboxes (seen on this project's CI
-    machine) always report 0; the column is then left out rather than shown as 0."""
-    if resource is None:
-        return False
-    size = 4 << 20
+def touch_fresh_mapping(size: int) -> None:
+    """Maps `size` bytes of fresh anonymous memory, writes one byte per page, unmaps:
+    every page faults in, whatever malloc has kept from earlier frees."""
     region = mmap.mmap(-1, size)
     try:
-        before = _minor_faults()
         for offset in range(0, size, mmap.PAGESIZE):
             region[offset] = 1
-        return _minor_faults() > before
     finally:
         region.close()
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_counts_page_faults() -> bool:
+    """Whether getrusage reports minor faults here (some sandboxes report 0 for every
+    process; the column is then left out rather than shown as 0)."""
+    if resource is None:
+        return False
+    before = _minor_faults()
+    touch_fresh_mapping(4 << 20)
+    return _minor_faults() > before
 
 
 def _time_once(fn: Callable[[], object], device: torch.device) -> float:
