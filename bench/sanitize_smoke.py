@@ -11,7 +11,9 @@ from peftcore.sparse import SparseDelta, apply, revert
 
 
 def adapters(dtype):
-    for n, i, o, r in ((1, 1, 1, 1), (37, 129, 65, 7), (300, 256, 513, 16)):
+    # (300, 256, 520, 16) and (70, 136, 64, 33): the tensor-core skinny kernels apply
+    # when switched on (in and out multiples of 8).
+    for n, i, o, r in ((1, 1, 1, 1), (37, 129, 65, 7), (300, 256, 513, 16), (300, 256, 520, 16), (70, 136, 64, 33)):
         x = torch.randn(n, i, device="cuda", dtype=dtype, requires_grad=True)
         for layer in (peftcore.LoraLinear(nn.Linear(i, o), r=r, dropout=0.1),
                       peftcore.HydraLinear(nn.Linear(i, o), r_parallel=r, r_sequential=r + 1, dropout=0.1)):
@@ -53,6 +55,12 @@ def sparse():
 if __name__ == "__main__":
     for dtype in (torch.float32, torch.bfloat16):
         adapters(dtype)
+    # The GPU paths that are off by default (csrc/common/gpu_paths.h).
+    peftcore._C._set_tc_skinny(True)
+    peftcore._C._set_side_stream(True)
+    adapters(torch.bfloat16)
+    peftcore._C._set_tc_skinny(False)
+    peftcore._C._set_side_stream(False)
     optimizers()
     sparse()
     torch.cuda.synchronize()

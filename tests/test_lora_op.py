@@ -254,53 +254,6 @@ def test_cuda_dropout_kernels_apply_the_cpu_mask(dtype, offset):
         assert max_abs(got.double().cpu(), want) <= tol * (1 + want.abs().max().item()), name
 
 
-@pytest.fixture
-def side_stream():
-    before = peftcore._C._side_stream()
-    peftcore._C._set_side_stream(True)
-    yield
-    peftcore._C._set_side_stream(before)
-
-
-def test_side_stream_is_off_by_default():
-    assert not peftcore._C._side_stream()
-
-
-def test_side_stream_switch_leaves_the_cpu_path_alone(side_stream):
-    assert peftcore._C._side_stream()
-    x, w, b, a, bb = make_inputs((33,), 127, 65, 8, torch.float64, "cpu")
-    out, ref = run_both((x, w, b, a, bb), 0.5, 0.0, None)
-    assert max_abs(out, ref) <= 1e-12
-    peftcore._C._set_side_stream(False)
-    assert not peftcore._C._side_stream()
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("wanted", ["x A B", "x A", "x B", "A B"])
-def test_cuda_side_stream_backward_matches_reference(side_stream, dtype, wanted):
-    # dA and dB on a pool stream beside G W (lora_cuda.cu): the same gradients as the
-    # float64 reference, every time over repeated steps (the first use of a stream
-    # sets up its cuBLAS workspace).
-    lead, n_in, n_out, r = (3, 701), 257, 385, 8
-    x, w, b, a, bb = make_inputs(lead, n_in, n_out, r, torch.float64, "cpu")
-    inputs = [x, w, b, a, bb]
-    for t, name in zip(inputs, ["x", "w", "b", "A", "B"]):
-        t.requires_grad_(name in wanted.split())
-    ref = reference.lora_linear(*inputs, 0.5, 0.0, None)
-    grad = torch.randn_like(ref)
-    leaves = [t for t in inputs if t.requires_grad]
-    want = torch.autograd.grad(ref, leaves, grad)
-    ours = [t.detach().to(dtype).cuda().requires_grad_(t.requires_grad) for t in inputs]
-    leaves_cuda = [t for t in ours if t.requires_grad]
-    tol = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 3e-2}[dtype]
-    for _ in range(5):
-        out, _ = lora_op(*ours, 0.5, 0.0, None)
-        got = torch.autograd.grad(out, leaves_cuda, grad.to(dtype).cuda())
-        for g_, w_ in zip(got, want):
-            assert max_abs(g_.double().cpu(), w_) <= tol * (1 + w_.abs().max().item())
-
-
 def test_saved_tensors_are_x_and_hidden_only():
     """With dropout, backward keeps x (own dtype) and the N x r hidden: no mask, no masked copy."""
     n, n_in, n_out, r = 256, 64, 48, 4

@@ -41,7 +41,7 @@ struct LoraSkinnyGrads {
   at::Tensor grad_A;  // [r, in], or undefined when not asked for
   at::Tensor grad_B;  // [out, r], or undefined when not asked for
   // Set when a backend still computes grad_A / grad_B on another stream (CUDA side
-  // stream, common/side_stream.h): makes the current stream wait for them.
+  // stream, common/gpu_paths.h): makes the current stream wait for them.
   std::function<void()> pending;
 
   // Call once the work meant to overlap with grad_A / grad_B is enqueued, before

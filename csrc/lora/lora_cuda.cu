@@ -7,8 +7,9 @@
 // forward and dA read a masked copy of x that lives only for that GEMM, and dx's
 // term T A has its dropped elements zeroed in place, so nothing mask-sized is ever
 // saved for backward. (Hydra still adds into existing buffers: masked_add_.)
-// Optionally (common/side_stream.h) the backward's dA and dB run on a second stream
-// beside the large GEMM.
+// Two paths stay off until a GPU run times them (common/gpu_paths.h): the backward's
+// dA and dB on a second stream beside the large GEMM, and the skinny products as
+// tensor-core kernels with the mask applied on the fly (skinny_tc.h).
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -26,42 +27,24 @@
 #include <type_traits>
 
 #include "common/philox.h"
-#include "common/side_stream.h"
+#include "common/gpu_paths.h"
 #include "hydra/hydra_compose.h"
+#include "lora/cuda_launch.h"
 #include "lora/lora_compose.h"
 #include "lora/lora_kernels.cuh"
+#include "lora/skinny_tc.h"
 
 namespace peftcore {
 namespace {
 
 namespace k = lora_kernels;
 
-// The kernels' view of a dropout; `seed` keeps a contiguous copy of the seed alive.
-struct KernelDropout {
-  at::Tensor seed;
-  k::DeviceDropout device;
-};
-
-KernelDropout kernel_dropout(const DropoutSpec& dropout) {
-  KernelDropout kd;
-  kd.seed = dropout.seed.contiguous();
-  kd.device.seed = kd.seed.const_data_ptr<int64_t>();
-  kd.device.threshold = dropout_threshold(dropout.p);
-  return kd;
-}
-
-int sm_count(const at::Device& device) {
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device.index()));
-  return sms;
-}
-
 // Launches one of the Philox mask kernels over `like`'s elements:
 // launch(T* tag, blocks, stream, device_dropout) with T the element type.
 template <typename Launch>
 void launch_mask_kernel(const at::Tensor& like, const DropoutSpec& dropout, const Launch& launch) {
   if (like.numel() == 0) return;
-  const KernelDropout drop = kernel_dropout(dropout);
+  const KernelDropout drop = kernel_dropout(&dropout);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const unsigned blocks = k::mask_blocks(like.numel(), sm_count(like.device()));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, like.scalar_type(), "lora_mask_kernel_cuda",
@@ -111,6 +94,7 @@ void masked_add_(at::Tensor& dst, const at::Tensor& src, const DropoutSpec& drop
 // scale * (m∘x) A^T -> [N, r]; the scale is applied to the N x r result.
 at::Tensor shrink_cuda(const at::Tensor& x, const at::Tensor& A, double scale, const DropoutSpec* dropout) {
   const c10::cuda::CUDAGuard guard(x.device());
+  if (tc_skinny_applies(x, A.size(0))) return tc_shrink(x, A, scale, dropout);
   at::Tensor h;
   if (dropout == nullptr) {
     h = at::mm(x, A.t());
@@ -128,42 +112,88 @@ void expand_add_cuda(at::Tensor& y, const at::Tensor& h, const at::Tensor& B) {
   y.addmm_(h, B.t());
 }
 
-// Without dropout, when dx is wanted and the side stream is switched on: dA = T^T x
-// and dB = G^T hidden (reductions over N that stream x and G once each) run on a pool
-// stream while the current stream writes T A and goes on to the caller's large GEMM
-// G W; grads.pending makes the current stream wait for them. Outputs are allocated on
-// the current stream, and every tensor the side stream touches is recorded on it, so
-// the caching allocator reuses none of their blocks before the side work is done.
+// The backward's parts, each by the tensor-core kernels where they apply, else cuBLAS.
+// T = scale * G B, [N, r].
+at::Tensor scaled_t(const at::Tensor& g, const at::Tensor& B, double scale) {
+  if (tc_skinny_applies(g, B.size(1))) return tc_shrink(g, B.t(), scale, nullptr);
+  at::Tensor t = at::mm(g, B);
+  if (scale != 1.0) t.mul_(scale);
+  return t;
+}
+
+// dB = G^T hidden, [out, r].
+at::Tensor grad_B_of(const at::Tensor& g, const at::Tensor& hidden) {
+  if (tc_skinny_applies(g, hidden.size(1))) return tc_outer(hidden, g, nullptr, /*transposed=*/true);
+  return at::mm(g.t(), hidden);
+}
+
+// dA = T^T (m∘x), [r, in]. cuBLAS with dropout reads a masked copy of x from `buffer`
+// (N x in, allocated here when undefined).
+at::Tensor grad_A_of(const at::Tensor& t, const at::Tensor& x, const DropoutSpec* dropout, at::Tensor& buffer) {
+  if (tc_skinny_applies(x, t.size(1))) return tc_outer(t, x, dropout, /*transposed=*/false);
+  if (dropout == nullptr) return at::mm(t.t(), x);
+  if (!buffer.defined()) buffer = at::empty({x.size(0), x.size(1)}, x.options());
+  masked_copy(x, *dropout, buffer);
+  return at::mm(t.t(), buffer);
+}
+
+// grad_x += m∘(T A) when defined, else grad_x = m∘(T A); `buffer` (N x in) is reused
+// when defined.
+void add_dx_term(const at::Tensor& t, const at::Tensor& A, const DropoutSpec* dropout, at::Tensor& grad_x,
+                 at::Tensor& buffer) {
+  if (dropout == nullptr) {
+    if (grad_x.defined()) {
+      grad_x.addmm_(t, A);
+    } else {
+      grad_x = at::mm(t, A);
+    }
+    return;
+  }
+  if (buffer.defined()) {
+    at::mm_out(buffer, t, A);
+  } else {
+    buffer = at::mm(t, A);
+  }
+  if (grad_x.defined()) {
+    masked_add_(grad_x, buffer, *dropout);
+  } else {
+    zero_dropped_(buffer, *dropout);
+    grad_x = buffer;
+  }
+}
+
+// dA and dB (reductions over N that stream x and G once each) on a pool stream while
+// the current stream writes T A and goes on to the caller's large GEMM G W;
+// grads.pending makes the current stream wait for them. The side stream's inputs are
+// recorded on it and its outputs on the current stream, so the caching allocator
+// hands none of their blocks out again before the stream using them is done.
 LoraSkinnyGrads backward_overlapped(const at::Tensor& g, const at::Tensor& x, const at::Tensor& hidden,
                                     const at::Tensor& A, const at::Tensor& B, double scale,
-                                    at::Tensor& grad_x, bool want_A, bool want_B) {
+                                    const DropoutSpec* dropout, at::Tensor& grad_x, bool want_A, bool want_B) {
   const c10::cuda::CUDAStream main = c10::cuda::getCurrentCUDAStream();
-  at::Tensor t = at::mm(g, B);  // [N, r]
-  if (scale != 1.0) t.mul_(scale);
-  LoraSkinnyGrads grads;
-  if (want_A) grads.grad_A = at::empty({A.size(0), A.size(1)}, x.options());
-  if (want_B) grads.grad_B = at::empty({B.size(0), B.size(1)}, g.options());
+  const at::Tensor t = scaled_t(g, B, scale);
   const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, g.device().index());
   at::cuda::CUDAEvent inputs_ready;
   inputs_ready.record(main);
   inputs_ready.block(side);
+  LoraSkinnyGrads grads;
   {
     const c10::cuda::CUDAStreamGuard on_side(side);
-    if (want_B) at::mm_out(grads.grad_B, g.t(), hidden);
-    if (want_A) at::mm_out(grads.grad_A, t.t(), x);
+    at::Tensor side_buffer;  // cuBLAS dA with dropout only; freed in the side stream's order
+    if (want_B) grads.grad_B = grad_B_of(g, hidden);
+    if (want_A) grads.grad_A = grad_A_of(t, x, dropout, side_buffer);
   }
-  for (const at::Tensor* used : std::initializer_list<const at::Tensor*>{&g, &x, &hidden, &t, &grads.grad_A,
-                                                                         &grads.grad_B}) {
-    if (used->defined()) c10::cuda::CUDACachingAllocator::recordStream(used->storage().data_ptr(), side);
-  }
+  const auto record = [](const at::Tensor& used, const c10::cuda::CUDAStream& stream) {
+    if (used.defined()) c10::cuda::CUDACachingAllocator::recordStream(used.storage().data_ptr(), stream);
+  };
+  for (const at::Tensor* input : std::initializer_list<const at::Tensor*>{&g, &x, &hidden, &t}) record(*input, side);
+  record(grads.grad_A, main);
+  record(grads.grad_B, main);
   auto done = std::make_shared<at::cuda::CUDAEvent>();
   done->record(side);
   grads.pending = [done, main] { done->block(main); };
-  if (grad_x.defined()) {
-    grad_x.addmm_(t, A);
-  } else {
-    grad_x = at::mm(t, A);
-  }
+  at::Tensor buffer;
+  add_dx_term(t, A, dropout, grad_x, buffer);
   return grads;
 }
 
@@ -172,40 +202,19 @@ LoraSkinnyGrads backward_cuda(const at::Tensor& g, const at::Tensor& x, const at
                               const DropoutSpec* dropout, at::Tensor* grad_x, bool want_A,
                               bool want_B) {
   const c10::cuda::CUDAGuard guard(g.device());
-  if (dropout == nullptr && grad_x != nullptr && (want_A || want_B) && side_stream_enabled()) {
-    return backward_overlapped(g, x, hidden, A, B, scale, *grad_x, want_A, want_B);
+  // With dropout, the cuBLAS dA needs the N x in buffer that dx's term reuses: only the
+  // tensor-core dA (mask on the fly) overlaps then.
+  if (grad_x != nullptr && (want_A || want_B) && side_stream_enabled() &&
+      (dropout == nullptr || tc_skinny_applies(x, A.size(0)))) {
+    return backward_overlapped(g, x, hidden, A, B, scale, dropout, *grad_x, want_A, want_B);
   }
   LoraSkinnyGrads grads;
-  if (want_B) grads.grad_B = at::mm(g.t(), hidden);
+  if (want_B) grads.grad_B = grad_B_of(g, hidden);
   if (!want_A && grad_x == nullptr) return grads;
-  at::Tensor t = at::mm(g, B);  // [N, r]
-  if (scale != 1.0) t.mul_(scale);
-  if (dropout == nullptr) {
-    if (want_A) grads.grad_A = at::mm(t.t(), x);
-    if (grad_x != nullptr) {
-      if (grad_x->defined()) {
-        grad_x->addmm_(t, A);
-      } else {
-        *grad_x = at::mm(t, A);
-      }
-    }
-    return grads;
-  }
-  // One N x in buffer serves the masked x for dA, then T A for dx.
-  at::Tensor buffer = at::empty({x.size(0), x.size(1)}, x.options());
-  if (want_A) {
-    masked_copy(x, *dropout, buffer);
-    grads.grad_A = at::mm(t.t(), buffer);
-  }
-  if (grad_x != nullptr) {
-    at::mm_out(buffer, t, A);
-    if (grad_x->defined()) {
-      masked_add_(*grad_x, buffer, *dropout);
-    } else {
-      zero_dropped_(buffer, *dropout);
-      *grad_x = buffer;
-    }
-  }
+  const at::Tensor t = scaled_t(g, B, scale);
+  at::Tensor buffer;  // one N x in buffer: the masked x for dA, then T A for dx
+  if (want_A) grads.grad_A = grad_A_of(t, x, dropout, buffer);
+  if (grad_x != nullptr) add_dx_term(t, A, dropout, *grad_x, buffer);
   return grads;
 }
 

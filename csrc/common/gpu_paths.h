@@ -1,0 +1,19 @@
+// GPU paths that stay off until a GPU run shows they pay; the LoRA benchmark times
+// each against the default on CUDA ("peftcore side stream", "peftcore tc skinny"),
+// bench/diag/skinny_parts.py times the parts alone.
+//  - side stream: the LoRA backward's dA and dB (memory-bound reductions over N) on a
+//    second stream beside the large compute-bound GEMM G W.
+//  - tensor-core skinny kernels (lora/skinny_tc_kernels.cuh): the rank-r products in
+//    16-bit as hand-written WMMA kernels with the dropout mask applied on the fly,
+//    instead of cuBLAS GEMMs over a masked copy of x.
+#pragma once
+
+namespace peftcore {
+
+bool side_stream_enabled();
+void set_side_stream_enabled(bool enabled);
+
+bool tc_skinny_enabled();
+void set_tc_skinny_enabled(bool enabled);
+
+}  // namespace peftcore

@@ -1,0 +1,119 @@
+// Host side of the tensor-core skinny kernels: eligibility, grid sizing (the
+// reduction split so that about four blocks per SM run), the float32 partials and
+// their ordered sum.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "common/gpu_paths.h"
+#include "lora/cuda_launch.h"
+#include "lora/skinny_tc.h"
+#include "lora/skinny_tc_kernels.cuh"
+
+namespace peftcore {
+namespace {
+
+namespace k = skinny_tc;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// How many of `tiles` reduction tiles each split takes so that `other_blocks` x splits
+// reaches about four blocks per SM.
+int64_t tiles_per_split(int64_t tiles, int64_t other_blocks, const at::Device& device) {
+  const int64_t wanted = std::clamp<int64_t>(ceil_div(4 * sm_count(device), other_blocks), 1, tiles);
+  return ceil_div(tiles, wanted);
+}
+
+// c10's 16-bit types and CUDA's have the same layout; the kernels use CUDA's.
+template <typename T>
+using CudaType = std::conditional_t<std::is_same_v<T, at::BFloat16>, __nv_bfloat16, __half>;
+
+template <typename T>
+const CudaType<T>* as_cuda(const at::Tensor& t) {
+  return reinterpret_cast<const CudaType<T>*>(t.const_data_ptr<T>());
+}
+
+// out (+ strides) = scale * Σ_splits partial, rounded once to out's dtype.
+template <typename T>
+void sum_partials(const at::Tensor& partial, int64_t rows, int64_t cols, double scale, at::Tensor& out,
+                  int64_t out_row_stride, int64_t out_col_stride, cudaStream_t stream) {
+  const int64_t n = rows * cols;
+  const unsigned blocks = static_cast<unsigned>(std::clamp<int64_t>(ceil_div(n, 256), 1, 8 * sm_count(out.device())));
+  k::sum_partials_kernel<CudaType<T>><<<blocks, 256, 0, stream>>>(
+      partial.const_data_ptr<float>(), partial.size(0), partial.stride(0), partial.stride(1), rows, cols,
+      static_cast<float>(scale), reinterpret_cast<CudaType<T>*>(out.mutable_data_ptr<T>()), out_row_stride,
+      out_col_stride);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+bool tc_skinny_applies(const at::Tensor& big, int64_t rank) {
+  if (!tc_skinny_enabled() || !big.is_cuda() || big.dim() != 2) return false;
+  if (big.scalar_type() != at::kBFloat16 && big.scalar_type() != at::kHalf) return false;
+  if (rank < 1 || rank > k::kMaxRank) return false;
+  if (big.stride(1) != 1 || big.size(1) % 8 != 0 || big.stride(0) % 8 != 0) return false;
+  if (reinterpret_cast<uintptr_t>(big.const_data_ptr()) % 16 != 0) return false;
+  return at::cuda::getDeviceProperties(big.device().index())->major >= 8;
+}
+
+at::Tensor tc_shrink(const at::Tensor& x, const at::Tensor& w, double scale, const DropoutSpec* dropout) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t rows = x.size(0), cols = x.size(1), rank = w.size(0);
+  at::Tensor out = at::empty({rows, rank}, x.options());
+  if (rows == 0) return out;
+  if (cols == 0) return out.zero_();
+  const at::Tensor wc = w.contiguous();
+  const int64_t row_blocks = ceil_div(rows, k::kShrinkRows);
+  const int64_t k_tiles = ceil_div(cols, k::kShrinkK);
+  const int64_t per_split = tiles_per_split(k_tiles, row_blocks, x.device());
+  const int64_t splits = ceil_div(k_tiles, per_split);
+  const int64_t padded_rank = 16 * ceil_div(rank, 16), padded_rows = row_blocks * k::kShrinkRows;
+  // partial [splits][padded_rows][padded_rank]: every block writes its whole tile.
+  const at::Tensor partial = at::empty({splits, padded_rows, padded_rank}, x.options().dtype(at::kFloat));
+  const KernelDropout drop = kernel_dropout(dropout);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "tc_shrink", [&] {
+    k::shrink_kernel<CudaType<scalar_t>><<<dim3(row_blocks, splits), k::kThreads, 0, stream>>>(
+        as_cuda<scalar_t>(x), x.stride(0), rows, cols, as_cuda<scalar_t>(wc), static_cast<int>(rank),
+        per_split * k::kShrinkK, partial.mutable_data_ptr<float>(), padded_rows, drop.device);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    sum_partials<scalar_t>(partial, rows, rank, scale, out, rank, 1, stream);
+  });
+  return out;
+}
+
+at::Tensor tc_outer(const at::Tensor& l, const at::Tensor& big, const DropoutSpec* dropout, bool transposed) {
+  const c10::cuda::CUDAGuard guard(big.device());
+  const int64_t rows = big.size(0), cols = big.size(1), rank = l.size(1);
+  at::Tensor out = transposed ? at::empty({cols, rank}, big.options()) : at::empty({rank, cols}, big.options());
+  if (rows == 0 || cols == 0) return out.zero_();
+  const at::Tensor lc = l.contiguous();
+  const int64_t col_blocks = ceil_div(cols, k::kOuterCols);
+  const int64_t row_tiles = ceil_div(rows, k::kOuterRows);
+  const int64_t per_slab = tiles_per_split(row_tiles, col_blocks, big.device());
+  const int64_t slabs = ceil_div(row_tiles, per_slab);
+  const int64_t padded_rank = 16 * ceil_div(rank, 16), padded_cols = col_blocks * k::kOuterCols;
+  // partial [slabs][padded_rank][padded_cols]: every block writes its whole tile.
+  const at::Tensor partial = at::empty({slabs, padded_rank, padded_cols}, big.options().dtype(at::kFloat));
+  const KernelDropout drop = kernel_dropout(dropout);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(big.scalar_type(), "tc_outer", [&] {
+    k::outer_kernel<CudaType<scalar_t>><<<dim3(col_blocks, slabs), k::kThreads, 0, stream>>>(
+        as_cuda<scalar_t>(lc), static_cast<int>(rank), as_cuda<scalar_t>(big), big.stride(0), rows, cols,
+        per_slab * k::kOuterRows, partial.mutable_data_ptr<float>(), padded_cols, drop.device);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    sum_partials<scalar_t>(partial, rank, cols, 1.0, out, transposed ? 1 : cols, transposed ? rank : 1, stream);
+  });
+  return out;
+}
+
+}  // namespace peftcore

@@ -1,0 +1,283 @@
+// Tensor-core kernels (WMMA, sm_80+) for the skinny products of the LoRA linear in
+// 16-bit, with the dropout mask applied while x streams through:
+//
+//   shrink   out [N, r] = s (m∘x) W^T      x [N, K] (row stride ldx), W [r, K] contiguous
+//   outer    acc [r, C] = L^T (m∘R)        L [N, r] contiguous, R [N, C] (row stride ldr)
+//
+// Both stream their big operand once in 16-byte vectors (8 elements: two Philox
+// groups of the mask, zeroed with bit operations) through shared memory, with the
+// next tile's loads in flight during the current tile's MMAs. The reduction
+// dimension is split over blocks (K for shrink, N for outer) so that a few thousand
+// rows still fill the GPU; each split writes float32 partials and
+// sum_partials_kernel adds them in a fixed order (deterministic) and rounds once.
+// Without these kernels (switch off, other dtypes or layouts) the skinny products
+// are cuBLAS GEMMs and dropout takes a masked copy of x (lora_cuda.cu).
+// Preconditions (checked by the launcher): K, C, ldx, ldr multiples of 8, the big
+// operand 16-byte aligned, r <= kMaxRank.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <mma.h>
+
+#include <cstdint>
+
+#include "lora/lora_kernels.cuh"
+
+namespace peftcore::skinny_tc {
+
+constexpr int kThreads = 256;  // 8 warps
+constexpr int kWarps = kThreads / 32;
+constexpr int kMaxRank = 64;
+constexpr int kPad = 8;  // shared rows padded by 16 bytes (bank spread; WMMA wants ldm % 8 == 0)
+
+// shrink: 128 rows (16 per warp) x 64 of K per tile
+constexpr int kShrinkRows = 16 * kWarps;
+constexpr int kShrinkK = 64;
+constexpr int kShrinkLd = kShrinkK + kPad;
+constexpr int kShrinkVecs = kShrinkRows * kShrinkK / 8 / kThreads;  // x vectors per thread
+constexpr int kShrinkWVecs = kMaxRank * kShrinkK / 8 / kThreads;    // W vectors per thread
+
+// outer: 64 rows of N x 128 columns (16 per warp) per tile
+constexpr int kOuterRows = 64;
+constexpr int kOuterCols = 16 * kWarps;
+constexpr int kOuterLd = kOuterCols + kPad;
+constexpr int kOuterLLd = kMaxRank + kPad;
+constexpr int kOuterVecs = kOuterRows * kOuterCols / 8 / kThreads;
+constexpr int kOuterLElems = kOuterRows * kMaxRank / kThreads;  // L elements per thread at most
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16(v);
+}
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) {
+  return __float2half(v);
+}
+
+// The keep bits of the 8 elements from flat index i0 (a multiple of 8) on.
+__device__ __forceinline__ uint32_t keep_bits8(const DropoutMask& mask, int64_t i0) {
+  const uint64_t group = static_cast<uint64_t>(i0) >> 2;
+  return mask.keep_bits(group) | (mask.keep_bits(group + 1) << 4);
+}
+
+// Zeroes the 16-bit elements of v whose keep bit is clear (element k: bit k; two
+// elements per 32-bit word, the lower-addressed one in the low half).
+__device__ __forceinline__ uint4 mask_vec8(uint4 v, uint32_t bits) {
+  const auto word_mask = [bits](int w) -> uint32_t {
+    return (((bits >> (2 * w)) & 1u) ? 0x0000FFFFu : 0u) | (((bits >> (2 * w + 1)) & 1u) ? 0xFFFF0000u : 0u);
+  };
+  v.x &= word_mask(0);
+  v.y &= word_mask(1);
+  v.z &= word_mask(2);
+  v.w &= word_mask(3);
+  return v;
+}
+
+__device__ __forceinline__ uint4 load_vec8(const void* p) { return *reinterpret_cast<const uint4*>(p); }
+
+// partial [splits][ks][ktiles] layouts: see the kernels. Grid (ceil(rows / 128), splits).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    shrink_kernel(const T* __restrict__ x, int64_t ldx, int64_t rows, int64_t cols, const T* __restrict__ w,
+                  int rank, int64_t k_per_split, float* __restrict__ partial, int64_t padded_rows,
+                  lora_kernels::DeviceDropout drop) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  namespace wmma = nvcuda::wmma;
+  __shared__ __align__(128) T xs[kShrinkRows * kShrinkLd];
+  __shared__ __align__(128) T ws[kMaxRank * kShrinkLd];
+  const int warp = threadIdx.x / 32;
+  const int rank_tiles = (rank + 15) / 16;
+  const int padded_rank = 16 * rank_tiles;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kShrinkRows;
+  const int64_t k_begin = static_cast<int64_t>(blockIdx.y) * k_per_split;
+  const int64_t k_end = k_begin + k_per_split < cols ? k_begin + k_per_split : cols;
+  const bool masked = drop.seed != nullptr;
+  DropoutMask mask{};
+  if (masked) mask = lora_kernels::load_mask(drop);
+
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kMaxRank / 16];
+#pragma unroll
+  for (int t = 0; t < kMaxRank / 16; ++t) wmma::fill_fragment(acc[t], 0.0f);
+
+  constexpr int kVecsPerRow = kShrinkK / 8;
+  uint4 xv[kShrinkVecs], wv[kShrinkWVecs];
+  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+  const auto load = [&](int64_t k0) {
+#pragma unroll
+    for (int j = 0; j < kShrinkVecs; ++j) {
+      const int v = threadIdx.x + j * kThreads;
+      const int64_t row = row0 + v / kVecsPerRow, col = k0 + (v % kVecsPerRow) * 8;
+      xv[j] = row < rows && col < k_end ? load_vec8(x + row * ldx + col) : zero;
+    }
+#pragma unroll
+    for (int j = 0; j < kShrinkWVecs; ++j) {
+      const int v = threadIdx.x + j * kThreads;
+      const int r = v / kVecsPerRow;
+      const int64_t col = k0 + (v % kVecsPerRow) * 8;
+      wv[j] = r < rank && col < k_end ? load_vec8(w + r * cols + col) : zero;
+    }
+  };
+  const auto store = [&](int64_t k0) {
+#pragma unroll
+    for (int j = 0; j < kShrinkVecs; ++j) {
+      const int v = threadIdx.x + j * kThreads;
+      const int r = v / kVecsPerRow, c = (v % kVecsPerRow) * 8;
+      uint4 val = xv[j];
+      const int64_t row = row0 + r, col = k0 + c;
+      if (masked && row < rows && col < k_end) val = mask_vec8(val, keep_bits8(mask, row * cols + col));
+      *reinterpret_cast<uint4*>(xs + r * kShrinkLd + c) = val;
+    }
+#pragma unroll
+    for (int j = 0; j < kShrinkWVecs; ++j) {
+      const int v = threadIdx.x + j * kThreads;
+      const int r = v / kVecsPerRow;
+      if (r < padded_rank) *reinterpret_cast<uint4*>(ws + r * kShrinkLd + (v % kVecsPerRow) * 8) = wv[j];
+    }
+  };
+
+  if (k_begin < k_end) load(k_begin);
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += kShrinkK) {
+    __syncthreads();  // the previous tile's MMAs are done with xs / ws
+    store(k0);
+    __syncthreads();
+    if (k0 + kShrinkK < k_end) load(k0 + kShrinkK);  // in flight during the MMAs below
+#pragma unroll
+    for (int kk = 0; kk < kShrinkK; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
+      wmma::load_matrix_sync(a, xs + warp * 16 * kShrinkLd + kk, kShrinkLd);
+#pragma unroll
+      for (int t = 0; t < kMaxRank / 16; ++t) {
+        if (t < rank_tiles) {
+          // W^T [K, r] is W [r, K] read column-major.
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;
+          wmma::load_matrix_sync(b, ws + t * 16 * kShrinkLd + kk, kShrinkLd);
+          wmma::mma_sync(acc[t], a, b, acc[t]);
+        }
+      }
+    }
+  }
+  // partial [split][padded_rows][padded_rank], float32
+  float* out = partial + (static_cast<int64_t>(blockIdx.y) * padded_rows + row0 + warp * 16) * padded_rank;
+#pragma unroll
+  for (int t = 0; t < kMaxRank / 16; ++t) {
+    if (t < rank_tiles) wmma::store_matrix_sync(out + t * 16, acc[t], padded_rank, wmma::mem_row_major);
+  }
+#endif
+}
+
+// Grid (ceil(C / 128), slabs): block (i, s) adds rows [s * rows_per_slab, ...) into
+// partial [s][padded_rank][padded_cols], float32.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    outer_kernel(const T* __restrict__ l, int rank, const T* __restrict__ rmat, int64_t ldr, int64_t rows,
+                 int64_t cols, int64_t rows_per_slab, float* __restrict__ partial, int64_t padded_cols,
+                 lora_kernels::DeviceDropout drop) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  namespace wmma = nvcuda::wmma;
+  __shared__ __align__(128) T rs[kOuterRows * kOuterLd];
+  __shared__ __align__(128) T ls[kOuterRows * kOuterLLd];
+  const int warp = threadIdx.x / 32;
+  const int rank_tiles = (rank + 15) / 16;
+  const int padded_rank = 16 * rank_tiles;
+  const int64_t col0 = static_cast<int64_t>(blockIdx.x) * kOuterCols;
+  const int64_t n_begin = static_cast<int64_t>(blockIdx.y) * rows_per_slab;
+  const int64_t n_end = n_begin + rows_per_slab < rows ? n_begin + rows_per_slab : rows;
+  const bool masked = drop.seed != nullptr;
+  DropoutMask mask{};
+  if (masked) mask = lora_kernels::load_mask(drop);
+
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kMaxRank / 16];
+#pragma unroll
+  for (int t = 0; t < kMaxRank / 16; ++t) wmma::fill_fragment(acc[t], 0.0f);
+
+  constexpr int kVecsPerRow = kOuterCols / 8;
+  uint4 rv[kOuterVecs];
+  T lv[kOuterLElems];
+  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+  const int l_elems = kOuterRows * padded_rank;  // L tile: 64 rows x padded_rank
+  const auto load = [&](int64_t n0) {
+#pragma unroll
+    for (int j = 0; j < kOuterVecs; ++j) {
+      const int v = threadIdx.x + j * kThreads;
+      const int64_t row = n0 + v / kVecsPerRow, col = col0 + (v % kVecsPerRow) * 8;
+      rv[j] = row < n_end && col < cols ? load_vec8(rmat + row * ldr + col) : zero;
+    }
+#pragma unroll
+    for (int j = 0; j < kOuterLElems; ++j) {
+      const int e = threadIdx.x + j * kThreads;
+      if (e < l_elems) {
+        const int64_t row = n0 + e / padded_rank;
+        const int c = e % padded_rank;
+        lv[j] = row < n_end && c < rank ? l[row * rank + c] : from_float<T>(0.0f);
+      }
+    }
+  };
+  const auto store = [&](int64_t n0) {
+#pragma unroll
+    for (int j = 0; j < kOuterVecs; ++j) {
+      const int v = threadIdx.x + j * kThreads;
+      const int r = v / kVecsPerRow, c = (v % kVecsPerRow) * 8;
+      uint4 val = rv[j];
+      const int64_t row = n0 + r, col = col0 + c;
+      if (masked && row < n_end && col < cols) val = mask_vec8(val, keep_bits8(mask, row * cols + col));
+      *reinterpret_cast<uint4*>(rs + r * kOuterLd + c) = val;
+    }
+#pragma unroll
+    for (int j = 0; j < kOuterLElems; ++j) {
+      const int e = threadIdx.x + j * kThreads;
+      if (e < l_elems) ls[(e / padded_rank) * kOuterLLd + e % padded_rank] = lv[j];
+    }
+  };
+
+  if (n_begin < n_end) load(n_begin);
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += kOuterRows) {
+    __syncthreads();
+    store(n0);
+    __syncthreads();
+    if (n0 + kOuterRows < n_end) load(n0 + kOuterRows);
+#pragma unroll
+    for (int kk = 0; kk < kOuterRows; kk += 16) {
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b;
+      wmma::load_matrix_sync(b, rs + kk * kOuterLd + warp * 16, kOuterLd);
+#pragma unroll
+      for (int t = 0; t < kMaxRank / 16; ++t) {
+        if (t < rank_tiles) {
+          // L^T [r, rows] is the L tile [rows, r] read column-major.
+          wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::col_major> a;
+          wmma::load_matrix_sync(a, ls + kk * kOuterLLd + t * 16, kOuterLLd);
+          wmma::mma_sync(acc[t], a, b, acc[t]);
+        }
+      }
+    }
+  }
+  float* out = partial + static_cast<int64_t>(blockIdx.y) * padded_rank * padded_cols + col0 + warp * 16;
+#pragma unroll
+  for (int t = 0; t < kMaxRank / 16; ++t) {
+    if (t < rank_tiles) {
+      wmma::store_matrix_sync(out + t * 16 * padded_cols, acc[t], padded_cols, wmma::mem_row_major);
+    }
+  }
+#endif
+}
+
+// out[i * out_row_stride + j * out_col_stride] = scale * Σ_s partial[s * split_stride + i * ld + j]
+// for i < rows, j < cols, the splits added in order.
+template <typename T>
+__global__ void sum_partials_kernel(const float* __restrict__ partial, int64_t splits, int64_t split_stride,
+                                    int64_t ld, int64_t rows, int64_t cols, float scale, T* __restrict__ out,
+                                    int64_t out_row_stride, int64_t out_col_stride) {
+  const int64_t n = rows * cols;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < n;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = idx / cols, j = idx % cols;
+    float s = 0.0f;
+    for (int64_t k = 0; k < splits; ++k) s += partial[k * split_stride + i * ld + j];
+    out[i * out_row_stride + j * out_col_stride] = from_float<T>(scale * s);
+  }
+}
+
+}  // namespace peftcore::skinny_tc
