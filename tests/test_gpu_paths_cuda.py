@@ -111,7 +111,8 @@ def test_tc_kernels_run_when_switched_on_and_only_then():
         finally:
             peftcore._C._set_tc_skinny(False)
         names = {e.name for e in prof.events()}
-        return {k for k in ("shrink_kernel", "outer_kernel", "masked_copy") if any(k in n for n in names)}
+        wanted = ("shrink_kernel", "outer_kernel", "expand_kernel", "masked_copy", "zero_dropped")
+        return {k for k in wanted if any(k in n for n in names)}
 
-    assert kernels(True) == {"shrink_kernel", "outer_kernel"}
-    assert kernels(False) == {"masked_copy"}
+    assert kernels(True) == {"shrink_kernel", "outer_kernel", "expand_kernel"}
+    assert kernels(False) == {"masked_copy", "zero_dropped"}

@@ -138,7 +138,8 @@ at::Tensor grad_A_of(const at::Tensor& t, const at::Tensor& x, const DropoutSpec
 }
 
 // grad_x += m∘(T A) when defined, else grad_x = m∘(T A); `buffer` (N x in) is reused
-// when defined.
+// when defined. With dropout the tensor-core expand writes the masked term in one pass
+// where cuBLAS needs a second one (zeroing, or the masked add of a temporary).
 void add_dx_term(const at::Tensor& t, const at::Tensor& A, const DropoutSpec* dropout, at::Tensor& grad_x,
                  at::Tensor& buffer) {
   if (dropout == nullptr) {
@@ -149,17 +150,22 @@ void add_dx_term(const at::Tensor& t, const at::Tensor& A, const DropoutSpec* dr
     }
     return;
   }
-  if (buffer.defined()) {
+  const bool accumulate = grad_x.defined();
+  const auto new_buffer = [&] { return at::empty({t.size(0), A.size(1)}, t.options()); };
+  if (!accumulate && !buffer.defined()) buffer = new_buffer();
+  at::Tensor& target = accumulate ? grad_x : buffer;
+  if (target.is_contiguous() && tc_skinny_applies(target, t.size(1))) {
+    tc_expand(t, A, dropout, target, accumulate);
+  } else {
+    if (!buffer.defined()) buffer = new_buffer();
     at::mm_out(buffer, t, A);
-  } else {
-    buffer = at::mm(t, A);
+    if (accumulate) {
+      masked_add_(grad_x, buffer, *dropout);
+    } else {
+      zero_dropped_(buffer, *dropout);
+    }
   }
-  if (grad_x.defined()) {
-    masked_add_(grad_x, buffer, *dropout);
-  } else {
-    zero_dropped_(buffer, *dropout);
-    grad_x = buffer;
-  }
+  if (!accumulate) grad_x = buffer;
 }
 
 // dA and dB (reductions over N that stream x and G once each) on a pool stream while

@@ -21,4 +21,9 @@ at::Tensor tc_shrink(const at::Tensor& x, const at::Tensor& w, double scale, con
 // way); l [N, r] (any strides; small), big [N, C].
 at::Tensor tc_outer(const at::Tensor& l, const at::Tensor& big, const DropoutSpec* dropout, bool transposed);
 
+// out = m∘(t a), or out += m∘(t a) when accumulate; t [N, r] and a [r, K] (any
+// strides; small), out [N, K] contiguous with tc_skinny_applies(out, r).
+void tc_expand(const at::Tensor& t, const at::Tensor& a, const DropoutSpec* dropout, at::Tensor& out,
+               bool accumulate);
+
 }  // namespace peftcore

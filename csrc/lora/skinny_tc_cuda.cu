@@ -116,4 +116,22 @@ at::Tensor tc_outer(const at::Tensor& l, const at::Tensor& big, const DropoutSpe
   return out;
 }
 
+void tc_expand(const at::Tensor& t, const at::Tensor& a, const DropoutSpec* dropout, at::Tensor& out,
+               bool accumulate) {
+  const c10::cuda::CUDAGuard guard(out.device());
+  const int64_t rows = out.size(0), cols = out.size(1), rank = t.size(1);
+  if (rows == 0 || cols == 0) return;
+  const at::Tensor tc = t.contiguous(), ac = a.contiguous();
+  const KernelDropout drop = kernel_dropout(dropout);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const dim3 grid(static_cast<unsigned>(ceil_div(rows, k::kExpandRows)),
+                  static_cast<unsigned>(ceil_div(cols, k::kExpandCols)));
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(out.scalar_type(), "tc_expand", [&] {
+    k::expand_kernel<CudaType<scalar_t>><<<grid, k::kThreads, 0, stream>>>(
+        as_cuda<scalar_t>(tc), static_cast<int>(rank), as_cuda<scalar_t>(ac), rows, cols,
+        reinterpret_cast<CudaType<scalar_t>*>(out.mutable_data_ptr<scalar_t>()), accumulate, drop.device);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
 }  // namespace peftcore

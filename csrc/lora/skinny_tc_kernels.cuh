@@ -3,6 +3,7 @@
 //
 //   shrink   out [N, r] = s (m∘x) W^T      x [N, K] (row stride ldx), W [r, K] contiguous
 //   outer    acc [r, C] = L^T (m∘R)        L [N, r] contiguous, R [N, C] (row stride ldr)
+//   expand   out [N, K] (+)= m∘(T A)       T [N, r], A [r, K] contiguous, out contiguous
 //
 // Both stream their big operand once in 16-byte vectors (8 elements: two Philox
 // groups of the mask, zeroed with bit operations) through shared memory, with the
@@ -260,6 +261,118 @@ __global__ void __launch_bounds__(kThreads)
     if (t < rank_tiles) {
       wmma::store_matrix_sync(out + t * 16 * padded_cols, acc[t], padded_cols, wmma::mem_row_major);
     }
+  }
+#endif
+}
+
+template <typename T>
+__device__ __forceinline__ float to_float(T v);
+template <>
+__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+template <>
+__device__ __forceinline__ float to_float<__half>(__half v) {
+  return __half2float(v);
+}
+
+template <typename T>
+struct alignas(16) Pack8 {
+  T v[8];
+};
+
+// expand: 64 rows x 128 columns of out per block; warp w covers rows 16 (w / 2) and
+// columns 64 (w % 2), four 16 x 16 tiles. The product is written once, masked, in
+// 16-byte vectors, so dx's term needs no separate zeroing pass.
+constexpr int kExpandRows = 64;
+constexpr int kExpandCols = 128;
+constexpr int kExpandTLd = kMaxRank + kPad;
+constexpr int kExpandALd = kExpandCols + kPad;
+constexpr int kExpandTElems = kExpandRows * kMaxRank / kThreads;      // T elements per thread at most
+constexpr int kExpandAVecs = kMaxRank * kExpandCols / 8 / kThreads;  // A vectors per thread at most
+
+// Grid (ceil(N / 64), ceil(K / 128)). accumulate: out += m∘(T A), else out = m∘(T A).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    expand_kernel(const T* __restrict__ t, int rank, const T* __restrict__ a, int64_t rows, int64_t cols,
+                  T* __restrict__ out, bool accumulate, lora_kernels::DeviceDropout drop) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  namespace wmma = nvcuda::wmma;
+  __shared__ __align__(128) T t_tile[kExpandRows * kExpandTLd];
+  __shared__ __align__(128) T a_tile[kMaxRank * kExpandALd];
+  __shared__ __align__(128) float stage[kWarps * 16 * 16];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int rank_tiles = (rank + 15) / 16;
+  const int padded_rank = 16 * rank_tiles;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kExpandRows;
+  const int64_t col0 = static_cast<int64_t>(blockIdx.y) * kExpandCols;
+  const bool masked = drop.seed != nullptr;
+  DropoutMask mask{};
+  if (masked) mask = lora_kernels::load_mask(drop);
+
+  // T tile [64, padded_rank] and A tile [padded_rank, 128], zero outside the operands.
+#pragma unroll
+  for (int j = 0; j < kExpandTElems; ++j) {
+    const int e = threadIdx.x + j * kThreads;
+    if (e < kExpandRows * padded_rank) {
+      const int r = e / padded_rank, c = e % padded_rank;
+      const int64_t row = row0 + r;
+      t_tile[r * kExpandTLd + c] = row < rows && c < rank ? t[row * rank + c] : from_float<T>(0.0f);
+    }
+  }
+  constexpr int kVecsPerRow = kExpandCols / 8;
+#pragma unroll
+  for (int j = 0; j < kExpandAVecs; ++j) {
+    const int v = threadIdx.x + j * kThreads;
+    const int r = v / kVecsPerRow, c = (v % kVecsPerRow) * 8;
+    if (r < padded_rank) {
+      const int64_t col = col0 + c;
+      *reinterpret_cast<uint4*>(a_tile + r * kExpandALd + c) =
+          r < rank && col < cols ? load_vec8(a + r * cols + col) : make_uint4(0u, 0u, 0u, 0u);
+    }
+  }
+  __syncthreads();
+
+  const int warp_row = warp / 2, warp_col = warp % 2;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[4];
+#pragma unroll
+  for (int f = 0; f < 4; ++f) wmma::fill_fragment(acc[f], 0.0f);
+#pragma unroll
+  for (int kk = 0; kk < kMaxRank; kk += 16) {
+    if (kk < padded_rank) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
+      wmma::load_matrix_sync(fa, t_tile + warp_row * 16 * kExpandTLd + kk, kExpandTLd);
+#pragma unroll
+      for (int f = 0; f < 4; ++f) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> fb;
+        wmma::load_matrix_sync(fb, a_tile + kk * kExpandALd + warp_col * 64 + f * 16, kExpandALd);
+        wmma::mma_sync(acc[f], fa, fb, acc[f]);
+      }
+    }
+  }
+
+  float* my_stage = stage + warp * 256;
+  const int r = lane / 2, c8 = (lane % 2) * 8;
+  const int64_t row = row0 + warp_row * 16 + r;
+#pragma unroll
+  for (int f = 0; f < 4; ++f) {
+    wmma::store_matrix_sync(my_stage, acc[f], 16, wmma::mem_row_major);
+    __syncwarp();
+    const int64_t col = col0 + warp_col * 64 + f * 16 + c8;
+    if (row < rows && col < cols) {
+      const int64_t i0 = row * cols + col;
+      const uint32_t bits = masked ? keep_bits8(mask, i0) : 0xFFu;
+      Pack8<T> old{};
+      if (accumulate) old = *reinterpret_cast<const Pack8<T>*>(out + i0);
+      Pack8<T> val;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float term = ((bits >> e) & 1u) ? my_stage[r * 16 + c8 + e] : 0.0f;
+        val.v[e] = from_float<T>(accumulate ? to_float(old.v[e]) + term : term);
+      }
+      *reinterpret_cast<Pack8<T>*>(out + i0) = val;
+    }
+    __syncwarp();
   }
 #endif
 }
