@@ -25,11 +25,24 @@ namespace k = skinny_tc;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// How many of `tiles` reduction tiles each split takes so that `other_blocks` x splits
-// reaches about four blocks per SM.
-int64_t tiles_per_split(int64_t tiles, int64_t other_blocks, const at::Device& device) {
+int64_t padded_rank(int64_t rank) { return 16 * ceil_div(rank, 16); }
+
+// The reduction's `tiles` cut into splits, so that other_blocks x splits blocks reach
+// about four per SM.
+struct Split {
+  int64_t tiles_each;
+  int64_t count;
+};
+
+Split split_reduction(int64_t tiles, int64_t other_blocks, const at::Device& device) {
   const int64_t wanted = std::clamp<int64_t>(ceil_div(4 * sm_count(device), other_blocks), 1, tiles);
-  return ceil_div(tiles, wanted);
+  const int64_t each = ceil_div(tiles, wanted);
+  return {each, ceil_div(tiles, each)};
+}
+
+// float32 partials [splits, a, b] that every block writes whole (no zeroing needed).
+at::Tensor partials(int64_t splits, int64_t a, int64_t b, const at::Tensor& like) {
+  return at::empty({splits, a, b}, like.options().dtype(at::kFloat));
 }
 
 // c10's 16-bit types and CUDA's have the same layout; the kernels use CUDA's.
@@ -72,19 +85,15 @@ at::Tensor tc_shrink(const at::Tensor& x, const at::Tensor& w, double scale, con
   if (rows == 0) return out;
   if (cols == 0) return out.zero_();
   const at::Tensor wc = w.contiguous();
-  const int64_t row_blocks = ceil_div(rows, k::kShrinkRows);
-  const int64_t k_tiles = ceil_div(cols, k::kShrinkK);
-  const int64_t per_split = tiles_per_split(k_tiles, row_blocks, x.device());
-  const int64_t splits = ceil_div(k_tiles, per_split);
-  const int64_t padded_rank = 16 * ceil_div(rank, 16), padded_rows = row_blocks * k::kShrinkRows;
-  // partial [splits][padded_rows][padded_rank]: every block writes its whole tile.
-  const at::Tensor partial = at::empty({splits, padded_rows, padded_rank}, x.options().dtype(at::kFloat));
+  const int64_t row_blocks = ceil_div(rows, k::kShrinkRows), padded_rows = row_blocks * k::kShrinkRows;
+  const Split split = split_reduction(ceil_div(cols, k::kShrinkK), row_blocks, x.device());
+  const at::Tensor partial = partials(split.count, padded_rows, padded_rank(rank), x);
   const KernelDropout drop = kernel_dropout(dropout);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "tc_shrink", [&] {
-    k::shrink_kernel<CudaType<scalar_t>><<<dim3(row_blocks, splits), k::kThreads, 0, stream>>>(
+    k::shrink_kernel<CudaType<scalar_t>><<<dim3(row_blocks, split.count), k::kThreads, 0, stream>>>(
         as_cuda<scalar_t>(x), x.stride(0), rows, cols, as_cuda<scalar_t>(wc), static_cast<int>(rank),
-        per_split * k::kShrinkK, partial.mutable_data_ptr<float>(), padded_rows, drop.device);
+        split.tiles_each * k::kShrinkK, partial.mutable_data_ptr<float>(), padded_rows, drop.device);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     sum_partials<scalar_t>(partial, rows, rank, scale, out, rank, 1, stream);
   });
@@ -97,19 +106,15 @@ at::Tensor tc_outer(const at::Tensor& l, const at::Tensor& big, const DropoutSpe
   at::Tensor out = transposed ? at::empty({cols, rank}, big.options()) : at::empty({rank, cols}, big.options());
   if (rows == 0 || cols == 0) return out.zero_();
   const at::Tensor lc = l.contiguous();
-  const int64_t col_blocks = ceil_div(cols, k::kOuterCols);
-  const int64_t row_tiles = ceil_div(rows, k::kOuterRows);
-  const int64_t per_slab = tiles_per_split(row_tiles, col_blocks, big.device());
-  const int64_t slabs = ceil_div(row_tiles, per_slab);
-  const int64_t padded_rank = 16 * ceil_div(rank, 16), padded_cols = col_blocks * k::kOuterCols;
-  // partial [slabs][padded_rank][padded_cols]: every block writes its whole tile.
-  const at::Tensor partial = at::empty({slabs, padded_rank, padded_cols}, big.options().dtype(at::kFloat));
+  const int64_t col_blocks = ceil_div(cols, k::kOuterCols), padded_cols = col_blocks * k::kOuterCols;
+  const Split slabs = split_reduction(ceil_div(rows, k::kOuterRows), col_blocks, big.device());
+  const at::Tensor partial = partials(slabs.count, padded_rank(rank), padded_cols, big);
   const KernelDropout drop = kernel_dropout(dropout);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_REDUCED_FLOATING_TYPES(big.scalar_type(), "tc_outer", [&] {
-    k::outer_kernel<CudaType<scalar_t>><<<dim3(col_blocks, slabs), k::kThreads, 0, stream>>>(
+    k::outer_kernel<CudaType<scalar_t>><<<dim3(col_blocks, slabs.count), k::kThreads, 0, stream>>>(
         as_cuda<scalar_t>(lc), static_cast<int>(rank), as_cuda<scalar_t>(big), big.stride(0), rows, cols,
-        per_slab * k::kOuterRows, partial.mutable_data_ptr<float>(), padded_cols, drop.device);
+        slabs.tiles_each * k::kOuterRows, partial.mutable_data_ptr<float>(), padded_cols, drop.device);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     sum_partials<scalar_t>(partial, rank, cols, 1.0, out, transposed ? 1 : cols, transposed ? rank : 1, stream);
   });

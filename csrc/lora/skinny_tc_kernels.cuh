@@ -5,16 +5,17 @@
 //   outer    acc [r, C] = L^T (m∘R)        L [N, r] contiguous, R [N, C] (row stride ldr)
 //   expand   out [N, K] (+)= m∘(T A)       T [N, r], A [r, K] contiguous, out contiguous
 //
-// Both stream their big operand once in 16-byte vectors (8 elements: two Philox
+// shrink and outer stream their big operand once in 16-byte vectors (8 elements: two Philox
 // groups of the mask, zeroed with bit operations) through shared memory, with the
 // next tile's loads in flight during the current tile's MMAs. The reduction
 // dimension is split over blocks (K for shrink, N for outer) so that a few thousand
 // rows still fill the GPU; each split writes float32 partials and
 // sum_partials_kernel adds them in a fixed order (deterministic) and rounds once.
+// expand computes its output tile from two small tiles and writes it once.
 // Without these kernels (switch off, other dtypes or layouts) the skinny products
 // are cuBLAS GEMMs and dropout takes a masked copy of x (lora_cuda.cu).
 // Preconditions (checked by the launcher): K, C, ldx, ldr multiples of 8, the big
-// operand 16-byte aligned, r <= kMaxRank.
+// operand (expand: out) 16-byte aligned, r <= kMaxRank.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -80,7 +81,28 @@ __device__ __forceinline__ uint4 mask_vec8(uint4 v, uint32_t bits) {
 
 __device__ __forceinline__ uint4 load_vec8(const void* p) { return *reinterpret_cast<const uint4*>(p); }
 
-// partial [splits][ks][ktiles] layouts: see the kernels. Grid (ceil(rows / 128), splits).
+__device__ __forceinline__ DropoutMask mask_of(const lora_kernels::DeviceDropout& drop) {
+  return drop.seed != nullptr ? lora_kernels::load_mask(drop) : DropoutMask{};
+}
+
+// Streams tiles begin, begin + step, ... < end through shared memory: load(i) issues
+// tile i's global loads into registers, store(i) puts them in shared memory, compute()
+// runs the MMAs on it while the next tile's loads are in flight.
+template <typename Load, typename Store, typename Compute>
+__device__ __forceinline__ void pipelined_tiles(int64_t begin, int64_t end, int step, const Load& load,
+                                                const Store& store, const Compute& compute) {
+  if (begin < end) load(begin);
+  for (int64_t i = begin; i < end; i += step) {
+    __syncthreads();  // the previous tile's MMAs are done with shared memory
+    store(i);
+    __syncthreads();
+    if (i + step < end) load(i + step);
+    compute();
+  }
+}
+
+// Grid (ceil(rows / 128), splits): block (i, s) reduces columns [s k_per_split, ...) of
+// rows [128 i, 128 i + 128) into partial [s][padded_rows][padded_rank], float32.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     shrink_kernel(const T* __restrict__ x, int64_t ldx, int64_t rows, int64_t cols, const T* __restrict__ w,
@@ -97,12 +119,9 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t k_begin = static_cast<int64_t>(blockIdx.y) * k_per_split;
   const int64_t k_end = k_begin + k_per_split < cols ? k_begin + k_per_split : cols;
   const bool masked = drop.seed != nullptr;
-  DropoutMask mask{};
-  if (masked) mask = lora_kernels::load_mask(drop);
-
+  const DropoutMask mask = mask_of(drop);
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kMaxRank / 16];
-#pragma unroll
-  for (int t = 0; t < kMaxRank / 16; ++t) wmma::fill_fragment(acc[t], 0.0f);
+  for (auto& frag : acc) wmma::fill_fragment(frag, 0.0f);
 
   constexpr int kVecsPerRow = kShrinkK / 8;
   uint4 xv[kShrinkVecs], wv[kShrinkWVecs];
@@ -140,12 +159,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   };
 
-  if (k_begin < k_end) load(k_begin);
-  for (int64_t k0 = k_begin; k0 < k_end; k0 += kShrinkK) {
-    __syncthreads();  // the previous tile's MMAs are done with xs / ws
-    store(k0);
-    __syncthreads();
-    if (k0 + kShrinkK < k_end) load(k0 + kShrinkK);  // in flight during the MMAs below
+  pipelined_tiles(k_begin, k_end, kShrinkK, load, store, [&] {
 #pragma unroll
     for (int kk = 0; kk < kShrinkK; kk += 16) {
       wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
@@ -160,7 +174,7 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
     }
-  }
+  });
   // partial [split][padded_rows][padded_rank], float32
   float* out = partial + (static_cast<int64_t>(blockIdx.y) * padded_rows + row0 + warp * 16) * padded_rank;
 #pragma unroll
@@ -188,12 +202,9 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t n_begin = static_cast<int64_t>(blockIdx.y) * rows_per_slab;
   const int64_t n_end = n_begin + rows_per_slab < rows ? n_begin + rows_per_slab : rows;
   const bool masked = drop.seed != nullptr;
-  DropoutMask mask{};
-  if (masked) mask = lora_kernels::load_mask(drop);
-
+  const DropoutMask mask = mask_of(drop);
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kMaxRank / 16];
-#pragma unroll
-  for (int t = 0; t < kMaxRank / 16; ++t) wmma::fill_fragment(acc[t], 0.0f);
+  for (auto& frag : acc) wmma::fill_fragment(frag, 0.0f);
 
   constexpr int kVecsPerRow = kOuterCols / 8;
   uint4 rv[kOuterVecs];
@@ -234,12 +245,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   };
 
-  if (n_begin < n_end) load(n_begin);
-  for (int64_t n0 = n_begin; n0 < n_end; n0 += kOuterRows) {
-    __syncthreads();
-    store(n0);
-    __syncthreads();
-    if (n0 + kOuterRows < n_end) load(n0 + kOuterRows);
+  pipelined_tiles(n_begin, n_end, kOuterRows, load, store, [&] {
 #pragma unroll
     for (int kk = 0; kk < kOuterRows; kk += 16) {
       wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b;
@@ -254,7 +260,7 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
     }
-  }
+  });
   float* out = partial + static_cast<int64_t>(blockIdx.y) * padded_rank * padded_cols + col0 + warp * 16;
 #pragma unroll
   for (int t = 0; t < kMaxRank / 16; ++t) {
@@ -307,8 +313,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kExpandRows;
   const int64_t col0 = static_cast<int64_t>(blockIdx.y) * kExpandCols;
   const bool masked = drop.seed != nullptr;
-  DropoutMask mask{};
-  if (masked) mask = lora_kernels::load_mask(drop);
+  const DropoutMask mask = mask_of(drop);
 
   // T tile [64, padded_rank] and A tile [padded_rank, 128], zero outside the operands.
 #pragma unroll
@@ -335,8 +340,7 @@ __global__ void __launch_bounds__(kThreads)
 
   const int warp_row = warp / 2, warp_col = warp % 2;
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[4];
-#pragma unroll
-  for (int f = 0; f < 4; ++f) wmma::fill_fragment(acc[f], 0.0f);
+  for (auto& frag : acc) wmma::fill_fragment(frag, 0.0f);
 #pragma unroll
   for (int kk = 0; kk < kMaxRank; kk += 16) {
     if (kk < padded_rank) {
