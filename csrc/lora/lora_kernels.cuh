@@ -12,7 +12,9 @@
 // No torch headers: T is float, double, c10::Half or c10::BFloat16.
 #pragma once
 
+#if !defined(PEFTCORE_CUDA_EMULATION)  // tests/emulation runs these kernels on the host
 #include <cuda_runtime.h>
+#endif
 
 #include <algorithm>
 #include <cstdint>

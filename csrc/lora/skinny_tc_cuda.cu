@@ -1,6 +1,5 @@
-// Host side of the tensor-core skinny kernels: eligibility, grid sizing (the
-// reduction split so that about four blocks per SM run), the float32 partials and
-// their ordered sum.
+// Host side of the tensor-core skinny kernels: eligibility, launches with the
+// geometry of skinny_tc_plan.h, the float32 partials and their ordered sum.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -17,28 +16,12 @@
 #include "lora/cuda_launch.h"
 #include "lora/skinny_tc.h"
 #include "lora/skinny_tc_kernels.cuh"
+#include "lora/skinny_tc_plan.h"
 
 namespace peftcore {
 namespace {
 
 namespace k = skinny_tc;
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-int64_t padded_rank(int64_t rank) { return 16 * ceil_div(rank, 16); }
-
-// The reduction's `tiles` cut into splits, so that other_blocks x splits blocks reach
-// about four per SM.
-struct Split {
-  int64_t tiles_each;
-  int64_t count;
-};
-
-Split split_reduction(int64_t tiles, int64_t other_blocks, const at::Device& device) {
-  const int64_t wanted = std::clamp<int64_t>(ceil_div(4 * sm_count(device), other_blocks), 1, tiles);
-  const int64_t each = ceil_div(tiles, wanted);
-  return {each, ceil_div(tiles, each)};
-}
 
 // float32 partials [splits, a, b] that every block writes whole (no zeroing needed).
 at::Tensor partials(int64_t splits, int64_t a, int64_t b, const at::Tensor& like) {
@@ -58,8 +41,7 @@ const CudaType<T>* as_cuda(const at::Tensor& t) {
 template <typename T>
 void sum_partials(const at::Tensor& partial, int64_t rows, int64_t cols, double scale, at::Tensor& out,
                   int64_t out_row_stride, int64_t out_col_stride, cudaStream_t stream) {
-  const int64_t n = rows * cols;
-  const unsigned blocks = static_cast<unsigned>(std::clamp<int64_t>(ceil_div(n, 256), 1, 8 * sm_count(out.device())));
+  const unsigned blocks = k::sum_blocks(rows * cols, sm_count(out.device()));
   k::sum_partials_kernel<CudaType<T>><<<blocks, 256, 0, stream>>>(
       partial.const_data_ptr<float>(), partial.size(0), partial.stride(0), partial.stride(1), rows, cols,
       static_cast<float>(scale), reinterpret_cast<CudaType<T>*>(out.mutable_data_ptr<T>()), out_row_stride,
@@ -85,15 +67,14 @@ at::Tensor tc_shrink(const at::Tensor& x, const at::Tensor& w, double scale, con
   if (rows == 0) return out;
   if (cols == 0) return out.zero_();
   const at::Tensor wc = w.contiguous();
-  const int64_t row_blocks = ceil_div(rows, k::kShrinkRows), padded_rows = row_blocks * k::kShrinkRows;
-  const Split split = split_reduction(ceil_div(cols, k::kShrinkK), row_blocks, x.device());
-  const at::Tensor partial = partials(split.count, padded_rows, padded_rank(rank), x);
+  const k::ShrinkPlan plan = k::shrink_plan(rows, cols, rank, sm_count(x.device()));
+  const at::Tensor partial = partials(plan.split.count, plan.padded_rows, plan.padded_rank, x);
   const KernelDropout drop = kernel_dropout(dropout);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "tc_shrink", [&] {
-    k::shrink_kernel<CudaType<scalar_t>><<<dim3(row_blocks, split.count), k::kThreads, 0, stream>>>(
+    k::shrink_kernel<CudaType<scalar_t>><<<dim3(plan.row_blocks, plan.split.count), k::kThreads, 0, stream>>>(
         as_cuda<scalar_t>(x), x.stride(0), rows, cols, as_cuda<scalar_t>(wc), static_cast<int>(rank),
-        split.tiles_each * k::kShrinkK, partial.mutable_data_ptr<float>(), padded_rows, drop.device);
+        plan.k_per_split(), partial.mutable_data_ptr<float>(), plan.padded_rows, drop.device);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     sum_partials<scalar_t>(partial, rows, rank, scale, out, rank, 1, stream);
   });
@@ -106,15 +87,14 @@ at::Tensor tc_outer(const at::Tensor& l, const at::Tensor& big, const DropoutSpe
   at::Tensor out = transposed ? at::empty({cols, rank}, big.options()) : at::empty({rank, cols}, big.options());
   if (rows == 0 || cols == 0) return out.zero_();
   const at::Tensor lc = l.contiguous();
-  const int64_t col_blocks = ceil_div(cols, k::kOuterCols), padded_cols = col_blocks * k::kOuterCols;
-  const Split slabs = split_reduction(ceil_div(rows, k::kOuterRows), col_blocks, big.device());
-  const at::Tensor partial = partials(slabs.count, padded_rank(rank), padded_cols, big);
+  const k::OuterPlan plan = k::outer_plan(rows, cols, rank, sm_count(big.device()));
+  const at::Tensor partial = partials(plan.slabs.count, plan.padded_rank, plan.padded_cols, big);
   const KernelDropout drop = kernel_dropout(dropout);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_REDUCED_FLOATING_TYPES(big.scalar_type(), "tc_outer", [&] {
-    k::outer_kernel<CudaType<scalar_t>><<<dim3(col_blocks, slabs.count), k::kThreads, 0, stream>>>(
+    k::outer_kernel<CudaType<scalar_t>><<<dim3(plan.col_blocks, plan.slabs.count), k::kThreads, 0, stream>>>(
         as_cuda<scalar_t>(lc), static_cast<int>(rank), as_cuda<scalar_t>(big), big.stride(0), rows, cols,
-        slabs.tiles_each * k::kOuterRows, partial.mutable_data_ptr<float>(), padded_cols, drop.device);
+        plan.rows_per_slab(), partial.mutable_data_ptr<float>(), plan.padded_cols, drop.device);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     sum_partials<scalar_t>(partial, rank, cols, 1.0, out, transposed ? 1 : cols, transposed ? rank : 1, stream);
   });
@@ -129,8 +109,7 @@ void tc_expand(const at::Tensor& t, const at::Tensor& a, const DropoutSpec* drop
   const at::Tensor tc = t.contiguous(), ac = a.contiguous();
   const KernelDropout drop = kernel_dropout(dropout);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const dim3 grid(static_cast<unsigned>(ceil_div(rows, k::kExpandRows)),
-                  static_cast<unsigned>(ceil_div(cols, k::kExpandCols)));
+  const dim3 grid = k::expand_grid(rows, cols);
   AT_DISPATCH_REDUCED_FLOATING_TYPES(out.scalar_type(), "tc_expand", [&] {
     k::expand_kernel<CudaType<scalar_t>><<<grid, k::kThreads, 0, stream>>>(
         as_cuda<scalar_t>(tc), static_cast<int>(rank), as_cuda<scalar_t>(ac), rows, cols,

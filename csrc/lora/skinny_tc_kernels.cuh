@@ -18,10 +18,12 @@
 // operand (expand: out) 16-byte aligned, r <= kMaxRank.
 #pragma once
 
+#if !defined(PEFTCORE_CUDA_EMULATION)  // tests/emulation runs these kernels on the host
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <mma.h>
+#endif
 
 #include <cstdint>
 

@@ -1,0 +1,188 @@
+// Runs peftcore's CUDA kernels on the host, so that CI (no GPU) exercises their index
+// math, tiling, masking and bounds: each block's threads are std::threads, with
+// barriers for __syncthreads and __syncwarp; a WMMA fragment is the whole 16 x 16
+// tile held by every lane (load / mma / store are warp-collective, so every lane
+// computes the same tile); the 16-bit types are bit containers with
+// round-to-nearest-even conversions. The documented WMMA preconditions (256-bit
+// aligned pointers, ldm a multiple of 16 bytes) are asserted. Only what the LoRA
+// kernels use is emulated: no warp shuffles, no atomics.
+// Include this before any peftcore kernel header: it stands in for <cuda_runtime.h>,
+// <cuda_bf16.h>, <cuda_fp16.h> and <mma.h>, which the kernel headers then skip.
+#pragma once
+
+#include <barrier>
+#include <cassert>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#define PEFTCORE_CUDA_EMULATION 1
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+#define __launch_bounds__(...)
+#define __CUDA_ARCH__ 800
+
+struct uint3 {
+  unsigned x, y, z;
+};
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+
+namespace emu {
+inline thread_local uint3 thread_idx, block_idx;
+inline dim3 block_dim, grid_dim;
+inline std::barrier<>* block_barrier = nullptr;
+inline std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+
+// Runs kernel() for every thread of every block; blocks one after another.
+template <typename Kernel>
+void launch(dim3 grid, dim3 block, Kernel kernel) {
+  if (block.y != 1 || block.z != 1 || block.x % 32 != 0) throw std::invalid_argument("1-D blocks of whole warps");
+  grid_dim = grid;
+  block_dim = block;
+  for (unsigned bz = 0; bz < grid.z; ++bz) {
+    for (unsigned by = 0; by < grid.y; ++by) {
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        std::barrier<> whole_block(block.x);
+        block_barrier = &whole_block;
+        warp_barriers.clear();
+        for (unsigned w = 0; w < block.x / 32; ++w) warp_barriers.push_back(std::make_unique<std::barrier<>>(32));
+        std::vector<std::thread> threads;
+        for (unsigned t = 0; t < block.x; ++t) {
+          threads.emplace_back([=] {
+            thread_idx = {t, 0, 0};
+            block_idx = {bx, by, bz};
+            kernel();
+          });
+        }
+        for (auto& th : threads) th.join();
+      }
+    }
+  }
+}
+}  // namespace emu
+
+#define threadIdx emu::thread_idx
+#define blockIdx emu::block_idx
+#define blockDim emu::block_dim
+#define gridDim emu::grid_dim
+
+inline void __syncthreads() { emu::block_barrier->arrive_and_wait(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp_barriers[threadIdx.x / 32]->arrive_and_wait(); }
+
+// 16-bit types: bit containers converting to and from float like CUDA's (round to
+// nearest even).
+struct __nv_bfloat16 {
+  uint16_t bits;
+  __nv_bfloat16() = default;
+  __nv_bfloat16(float f);
+  operator float() const;
+};
+struct __half {
+  _Float16 value;
+  __half() = default;
+  __half(float f) : value(static_cast<_Float16>(f)) {}
+  operator float() const { return static_cast<float>(value); }
+};
+
+inline __nv_bfloat16 __float2bfloat16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  __nv_bfloat16 h;
+  if ((u & 0x7fffffffu) > 0x7f800000u) {
+    h.bits = static_cast<uint16_t>((u >> 16) | 0x40u);  // NaN stays NaN
+  } else {
+    h.bits = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  }
+  return h;
+}
+inline float __bfloat162float(__nv_bfloat16 h) {
+  const uint32_t u = static_cast<uint32_t>(h.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline __nv_bfloat16::__nv_bfloat16(float f) : bits(__float2bfloat16(f).bits) {}
+inline __nv_bfloat16::operator float() const { return __bfloat162float(*this); }
+inline __half __float2half(float f) { return __half(f); }
+inline float __half2float(__half h) { return static_cast<float>(h); }
+
+inline float emu_to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+inline float emu_to_float(__half v) { return __half2float(v); }
+inline float emu_to_float(float v) { return v; }
+
+namespace nvcuda::wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+  static_assert(M == 16 && N == 16 && K == 16, "m16n16k16 only");
+  T x[256];  // element (i, j) at x[16 i + j]
+};
+
+inline void check_pointer(const void* p, unsigned ldm, size_t elem) {
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0) throw std::logic_error("WMMA pointer not 256-bit aligned");
+  if ((ldm * elem) % 16 != 0) throw std::logic_error("WMMA ldm not a multiple of 16 bytes");
+}
+
+template <typename Use, typename T, typename Layout>
+void fill_fragment(fragment<Use, 16, 16, 16, T, Layout>& f, float v) {
+  for (auto& e : f.x) e = v;
+}
+
+template <typename Use, typename T, typename Layout>
+void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const T* p, unsigned ldm) {
+  static_assert(std::is_same_v<Layout, row_major> || std::is_same_v<Layout, col_major>);
+  check_pointer(p, ldm, sizeof(T));
+  for (int i = 0; i < 16; ++i) {
+    for (int j = 0; j < 16; ++j) {
+      f.x[16 * i + j] = std::is_same_v<Layout, row_major> ? p[i * ldm + j] : p[i + j * ldm];
+    }
+  }
+}
+
+template <typename T, typename La, typename Lb>
+void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, T, La>& a,
+              const fragment<matrix_b, 16, 16, 16, T, Lb>& b, const fragment<accumulator, 16, 16, 16, float>& c) {
+  fragment<accumulator, 16, 16, 16, float> out;
+  for (int i = 0; i < 16; ++i) {
+    for (int j = 0; j < 16; ++j) {
+      float s = c.x[16 * i + j];
+      for (int k = 0; k < 16; ++k) s += emu_to_float(a.x[16 * i + k]) * emu_to_float(b.x[16 * k + j]);
+      out.x[16 * i + j] = s;
+    }
+  }
+  d = out;
+}
+
+// Each lane writes its share of the (identical) tile. Like the hardware, no implicit
+// synchronisation: a kernel that reads another lane's part must __syncwarp itself.
+inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm,
+                              layout_t layout) {
+  check_pointer(p, ldm, sizeof(float));
+  const unsigned lane = threadIdx.x % 32;
+  for (int e = lane; e < 256; e += 32) {
+    const int i = e / 16, j = e % 16;
+    p[layout == mem_row_major ? i * ldm + j : i + j * ldm] = f.x[e];
+  }
+}
+}  // namespace nvcuda::wmma
