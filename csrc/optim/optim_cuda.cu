@@ -16,6 +16,7 @@
 
 #include "optim/optim_checks.h"
 #include "optim/optim_dispatch.h"
+#include "optim/multi_tensor_meta.h"
 #include "optim/optim_kernels.cuh"
 
 namespace peftcore {
@@ -23,69 +24,14 @@ namespace {
 
 namespace k = optim_kernels;
 
-// Where each tensor's chunks start in the global chunk numbering.
-struct ChunkLayout {
-  std::vector<int32_t> first_chunk, n_chunks;
-  int64_t total = 0;
-};
+using k::ChunkLayout;
+using k::Entry;
+using k::multi_tensor_apply;
 
 ChunkLayout chunk_layout(at::TensorList tensors) {
-  ChunkLayout layout;
-  for (const at::Tensor& t : tensors) {
-    const int64_t chunks = (t.numel() + k::kChunk - 1) / k::kChunk;
-    TORCH_CHECK(layout.total + chunks < (int64_t{1} << 31), "multi-tensor step: too many chunks");
-    layout.first_chunk.push_back(static_cast<int32_t>(layout.total));
-    layout.n_chunks.push_back(static_cast<int32_t>(chunks));
-    layout.total += chunks;
-  }
-  return layout;
-}
-
-template <int D>
-struct Entry {
-  std::array<void*, D> ptr;
-  int64_t numel;
-  int32_t global;
-  uint8_t flag;
-};
-
-// Packs entries into as few launches as the metadata limits allow; a tensor
-// whose chunks do not fit continues in the next launch.
-template <int D, typename Launch>
-void multi_tensor_apply(const std::vector<Entry<D>>& entries, const ChunkLayout& layout,
-                        const Launch& launch) {
-  k::ListMeta<D> meta{};
-  int nt = 0, nb = 0;
-  auto set_slot = [&](int slot, const Entry<D>& e) {
-    for (int d = 0; d < D; ++d) meta.ptr[d][slot] = e.ptr[d];
-    meta.numel[slot] = e.numel;
-    meta.global_tensor[slot] = e.global;
-    meta.flag[slot] = e.flag;
-  };
-  for (const Entry<D>& e : entries) {
-    if (e.numel == 0) continue;
-    set_slot(nt, e);
-    const int32_t chunks = layout.n_chunks[e.global];
-    for (int32_t c = 0; c < chunks; ++c) {
-      meta.block_tensor[nb] = static_cast<uint8_t>(nt);
-      meta.block_chunk[nb] = c;
-      meta.block_global_chunk[nb] = layout.first_chunk[e.global] + c;
-      ++nb;
-      const bool last = c == chunks - 1;
-      if (nb == k::kMaxBlocks || (last && nt + 1 == k::kMaxTensors)) {
-        launch(meta, nb);
-        nb = 0;
-        if (last) {
-          nt = -1;
-        } else {
-          set_slot(0, e);
-          nt = 0;
-        }
-      }
-    }
-    ++nt;
-  }
-  if (nb > 0) launch(meta, nb);
+  std::vector<int64_t> numels;
+  for (const at::Tensor& t : tensors) numels.push_back(t.numel());
+  return k::chunk_layout(numels);
 }
 
 // Per-tensor totals of `rows` rows of per-chunk partials, in chunk order.
@@ -93,18 +39,11 @@ at::Tensor chunk_totals(const at::Tensor& partial, const ChunkLayout& layout, in
                         cudaStream_t stream) {
   const int64_t n = static_cast<int64_t>(layout.n_chunks.size());
   at::Tensor totals = at::zeros({rows, n}, partial.options());
-  for (int64_t base = 0; base < n; base += k::kTotalsBatch) {
-    k::TotalsMeta meta{};
-    meta.count = static_cast<int32_t>(std::min<int64_t>(k::kTotalsBatch, n - base));
-    meta.tensor_base = static_cast<int32_t>(base);
-    for (int i = 0; i < meta.count; ++i) {
-      meta.first_chunk[i] = layout.first_chunk[base + i];
-      meta.n_chunks[i] = layout.n_chunks[base + i];
-    }
+  k::for_each_totals_batch(layout, [&](const k::TotalsMeta& meta) {
     k::chunk_totals_kernel<<<(meta.count + 127) / 128, 128, 0, stream>>>(
         partial.data_ptr<double>(), partial.size(1), totals.data_ptr<double>(), n, rows, meta);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+  });
   return totals;
 }
 

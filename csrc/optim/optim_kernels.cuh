@@ -9,7 +9,9 @@
 // step, the gradient divisor, found_inf) are read from device memory.
 #pragma once
 
+#if !defined(PEFTCORE_CUDA_EMULATION)  // tests/emulation runs these kernels on the host
 #include <cuda_runtime.h>
+#endif
 
 #include <cstdint>
 #include <type_traits>

@@ -4,12 +4,13 @@
 // tile held by every lane (load / mma / store are warp-collective, so every lane
 // computes the same tile); the 16-bit types are bit containers with
 // round-to-nearest-even conversions. The documented WMMA preconditions (256-bit
-// aligned pointers, ldm a multiple of 16 bytes) are asserted. Only what the LoRA
-// kernels use is emulated: no warp shuffles, no atomics.
+// aligned pointers, ldm a multiple of 16 bytes) are asserted. Only what peftcore's
+// kernels use is emulated (full-warp __shfl_down_sync, no atomics).
 // Include this before any peftcore kernel header: it stands in for <cuda_runtime.h>,
 // <cuda_bf16.h>, <cuda_fp16.h> and <mma.h>, which the kernel headers then skip.
 #pragma once
 
+#include <array>
 #include <barrier>
 #include <cassert>
 #include <cstdint>
@@ -47,32 +48,37 @@ inline thread_local uint3 thread_idx, block_idx;
 inline dim3 block_dim, grid_dim;
 inline std::barrier<>* block_barrier = nullptr;
 inline std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+inline std::vector<std::array<uint64_t, 32>> warp_slots;  // __shfl_down_sync's exchange
 
-// Runs kernel() for every thread of every block; blocks one after another.
+// Runs kernel() for every thread of every block: one std::thread per thread of a
+// block, which runs the blocks one after another (a barrier between blocks, since
+// the emulated shared memory is one static array per kernel).
 template <typename Kernel>
 void launch(dim3 grid, dim3 block, Kernel kernel) {
   if (block.y != 1 || block.z != 1 || block.x % 32 != 0) throw std::invalid_argument("1-D blocks of whole warps");
   grid_dim = grid;
   block_dim = block;
-  for (unsigned bz = 0; bz < grid.z; ++bz) {
-    for (unsigned by = 0; by < grid.y; ++by) {
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        std::barrier<> whole_block(block.x);
-        block_barrier = &whole_block;
-        warp_barriers.clear();
-        for (unsigned w = 0; w < block.x / 32; ++w) warp_barriers.push_back(std::make_unique<std::barrier<>>(32));
-        std::vector<std::thread> threads;
-        for (unsigned t = 0; t < block.x; ++t) {
-          threads.emplace_back([=] {
-            thread_idx = {t, 0, 0};
+  std::barrier<> whole_block(block.x);
+  block_barrier = &whole_block;
+  warp_barriers.clear();
+  for (unsigned w = 0; w < block.x / 32; ++w) warp_barriers.push_back(std::make_unique<std::barrier<>>(32));
+  warp_slots.assign(block.x / 32, {});
+  std::vector<std::thread> threads;
+  for (unsigned t = 0; t < block.x; ++t) {
+    threads.emplace_back([=, &whole_block] {
+      thread_idx = {t, 0, 0};
+      for (unsigned bz = 0; bz < grid.z; ++bz) {
+        for (unsigned by = 0; by < grid.y; ++by) {
+          for (unsigned bx = 0; bx < grid.x; ++bx) {
             block_idx = {bx, by, bz};
             kernel();
-          });
+            whole_block.arrive_and_wait();
+          }
         }
-        for (auto& th : threads) th.join();
       }
-    }
+    });
   }
+  for (auto& th : threads) th.join();
 }
 }  // namespace emu
 
@@ -83,6 +89,22 @@ void launch(dim3 grid, dim3 block, Kernel kernel) {
 
 inline void __syncthreads() { emu::block_barrier->arrive_and_wait(); }
 inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp_barriers[threadIdx.x / 32]->arrive_and_wait(); }
+
+// Full-warp masks only: every lane publishes its value, then reads lane + offset's
+// (its own past the warp's end).
+template <typename T>
+T __shfl_down_sync(unsigned mask, T v, unsigned offset) {
+  static_assert(sizeof(T) <= sizeof(uint64_t));
+  if (mask != 0xffffffffu) throw std::logic_error("emulated __shfl_down_sync: full-warp masks only");
+  auto& slots = emu::warp_slots[threadIdx.x / 32];
+  const unsigned lane = threadIdx.x % 32;
+  std::memcpy(&slots[lane], &v, sizeof(T));
+  __syncwarp();
+  T out = v;
+  if (lane + offset < 32) std::memcpy(&out, &slots[lane + offset], sizeof(T));
+  __syncwarp();
+  return out;
+}
 
 // 16-bit types: bit containers converting to and from float like CUDA's (round to
 // nearest even).
