@@ -168,26 +168,34 @@ void add_dx_term(const at::Tensor& t, const at::Tensor& A, const DropoutSpec* dr
   if (!accumulate) grad_x = buffer;
 }
 
-// dA and dB (reductions over N that stream x and G once each) on a pool stream while
-// the current stream writes T A and goes on to the caller's large GEMM G W;
-// grads.pending makes the current stream wait for them. The side stream's inputs are
-// recorded on it and its outputs on the current stream, so the caching allocator
-// hands none of their blocks out again before the stream using them is done.
+// dB and dA (reductions over N that stream G and x once each) on a pool stream: dB
+// from the start, beside T = s G B on the current stream (both read G), dA once T
+// is there, while the current stream writes T A and goes on to the caller's large
+// GEMM G W; grads.pending makes the current stream wait for them. The side stream's
+// inputs are recorded on it and its outputs on the current stream, so the caching
+// allocator hands none of their blocks out again before the stream using them is done.
 LoraSkinnyGrads backward_overlapped(const at::Tensor& g, const at::Tensor& x, const at::Tensor& hidden,
                                     const at::Tensor& A, const at::Tensor& B, double scale,
                                     const DropoutSpec* dropout, at::Tensor& grad_x, bool want_A, bool want_B) {
   const c10::cuda::CUDAStream main = c10::cuda::getCurrentCUDAStream();
-  const at::Tensor t = scaled_t(g, B, scale);
   const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, g.device().index());
-  at::cuda::CUDAEvent inputs_ready;
-  inputs_ready.record(main);
-  inputs_ready.block(side);
+  const auto side_waits_for_main = [&] {
+    at::cuda::CUDAEvent ready;
+    ready.record(main);
+    ready.block(side);
+  };
   LoraSkinnyGrads grads;
-  {
+  side_waits_for_main();  // g, x, hidden are ready
+  if (want_B) {
+    const c10::cuda::CUDAStreamGuard on_side(side);
+    grads.grad_B = grad_B_of(g, hidden);
+  }
+  const at::Tensor t = scaled_t(g, B, scale);
+  if (want_A) {
+    side_waits_for_main();  // t is ready
     const c10::cuda::CUDAStreamGuard on_side(side);
     at::Tensor side_buffer;  // cuBLAS dA with dropout only; freed in the side stream's order
-    if (want_B) grads.grad_B = grad_B_of(g, hidden);
-    if (want_A) grads.grad_A = grad_A_of(t, x, dropout, side_buffer);
+    grads.grad_A = grad_A_of(t, x, dropout, side_buffer);
   }
   const auto record = [](const at::Tensor& used, const c10::cuda::CUDAStream& stream) {
     if (used.defined()) c10::cuda::CUDACachingAllocator::recordStream(used.storage().data_ptr(), stream);
