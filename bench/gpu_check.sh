@@ -67,7 +67,7 @@ has tests && timeout "$(cap 200)" "$PY" -m pytest tests -q -k "cuda" -p no:cache
   | tee "$WORK/tests_cuda.log" | grep -E "^(FAILED|ERROR)|passed|failed"
 
 # One process per family, each with its own cap, so a slow family cannot starve the rest.
-for family in $(has bench && echo ${FAMILIES:-lora adapters optim sparse masked select}); do
+for family in $(has bench && echo ${FAMILIES:-lora lora_paths adapters optim sparse masked select}); do
   timeout "$(cap ${FAMILY_CAP_S:-80})" "$PY" bench/run.py --device cuda --ops "$family" --out "$WORK/bench" "$@" 2>&1 \
     | tee -a "$WORK/bench.log" | grep -v "it/s\]$\|s/it\]$" | tail -30
 done

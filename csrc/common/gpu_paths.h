@@ -1,8 +1,8 @@
-// GPU paths that stay off until a GPU run shows they pay; the LoRA benchmark times
-// each against the default on CUDA ("peftcore side stream", "peftcore tc skinny"),
-// bench/diag/skinny_parts.py times the parts alone.
-//  - side stream: the LoRA backward's dA and dB (memory-bound reductions over N) on a
-//    second stream beside the large compute-bound GEMM G W.
+// GPU paths that stay off until a GPU run shows they pay; the lora_paths benchmark
+// family times each against the default layer ("peftcore side stream", "peftcore tc
+// skinny", "peftcore tc+side"), bench/diag/profile_gpu.py shows their kernels.
+//  - side stream: the LoRA backward's dB and dA (memory-bound reductions over N) on a
+//    second stream beside T and the large compute-bound GEMM G W.
 //  - tensor-core skinny kernels (lora/skinny_tc_kernels.cuh): the rank-r products in
 //    16-bit as hand-written WMMA kernels with the dropout mask applied on the fly,
 //    instead of cuBLAS GEMMs over a masked copy of x (and, for dx's term with

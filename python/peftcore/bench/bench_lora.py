@@ -79,34 +79,6 @@ def rotating_fwd_bwd(n: int, i: int, o: int, device, dtype):
     return xs, step
 
 
-# The GPU paths that are off by default (csrc/common/gpu_paths.h), each timed as its
-# own candidate on CUDA: the same peftcore layer with the switches on for its step.
-GPU_PATHS = {"peftcore side stream": ("side stream",), "peftcore tc skinny": ("tc skinny",),
-             "peftcore tc+side": ("tc skinny", "side stream")}
-_SWITCHES = {"side stream": "_set_side_stream", "tc skinny": "_set_tc_skinny"}
-
-
-def with_gpu_paths(fn, paths: tuple[str, ...]):
-    def run():
-        for path in paths:
-            getattr(peftcore._C, _SWITCHES[path])(True)
-        try:
-            fn()
-        finally:
-            for path in paths:
-                getattr(peftcore._C, _SWITCHES[path])(False)
-    return run
-
-
-def gpu_path_candidates(n: int, i: int, o: int, r: int, dropout: float) -> dict[str, tuple[str, ...]]:
-    """Which GPU-path candidates a CUDA case times: the 4096^2 shapes from 2048 tokens
-    (the issue's target shape among them), so the sweep stays within its time cap; the
-    side stream alone changes nothing with dropout (cuBLAS dA needs the shared buffer)."""
-    if not (i == o == 4096 and n >= 2048 and r <= 64):
-        return {}
-    return {k: v for k, v in GPU_PATHS.items() if dropout == 0.0 or "tc skinny" in v}
-
-
 def build_candidates(base: nn.Linear, r: int, dropout: float) -> dict[str, nn.Module]:
     frozen = copy.deepcopy(base).requires_grad_(False)
     ours = peftcore.LoraLinear(copy.deepcopy(base), r=r, alpha=2 * r, dropout=dropout)
@@ -134,10 +106,6 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, limits: Limits, p
             modules = build_candidates(base, r, dropout)
             xs, step = rotating_fwd_bwd(n, i, o, device, dtype)
             steps = {k: step(m) for k, m in modules.items()}
-            if device.type == "cuda":
-                for name, paths in gpu_path_candidates(n, i, o, r, dropout).items():
-                    modules[name] = modules["peftcore"]
-                    steps[name] = with_gpu_paths(steps["peftcore"], paths)
             timings = time_alternating(steps, device, reps=reps, rounds=rounds)
             flops = lora_flops(n, i, o, r)
             peak = limits.matmul_tflops[str(dtype).replace("torch.", "")]
