@@ -17,8 +17,9 @@ import peftcore
 from .bench_lora import build_candidates, rotating_fwd_bwd, saved_activation_bytes
 from .common import Limits, time_alternating, timing_row
 
-# The target shape (N=8192, 4096^2, r=16) with its neighbours in N and r.
-SHAPES = [(n, 4096, 4096, 16) for n in (2048, 8192, 16384)] + [(8192, 4096, 4096, r) for r in (8, 64)]
+# The target shape (N=8192, 4096^2, r=16) with its neighbours in N and r;
+# N=512 shows what the extra launches (partial sums) cost where launches dominate.
+SHAPES = [(n, 4096, 4096, 16) for n in (512, 2048, 8192, 16384)] + [(8192, 4096, 4096, r) for r in (8, 64)]
 QUICK_SHAPES = [(2048, 4096, 4096, 16)]
 PATHS = {"peftcore side stream": ("side stream",), "peftcore tc skinny": ("tc skinny",),
          "peftcore tc+side": ("tc skinny", "side stream")}
