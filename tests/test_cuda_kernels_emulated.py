@@ -2,7 +2,8 @@
 so that CI, which has no GPU, checks their indexing, tiling, split reductions, masks,
 metadata packing and bounds (AddressSanitizer): the LoRA tensor-core skinny kernels
 against a float64 evaluation and its dropout kernels bit for bit; the multi-tensor
-LAMB / LARS / sum-of-squares kernels against host loops over the same formulas.
+LAMB / LARS / sum-of-squares kernels against host loops over the same formulas; the
+sparse compose / revert kernels over parameters of every dtype.
 On a GPU the CUDA tests run the kernels for real."""
 
 import shutil
@@ -14,7 +15,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("program,checks", [("lora_kernels_emulated", 17 + 3 * 5), ("optim_kernels_emulated", 16)])
+@pytest.mark.parametrize("program,checks", [("lora_kernels_emulated", 17 + 3 * 5), ("optim_kernels_emulated", 16),
+                                            ("sparse_kernels_emulated", 10)])
 def test_cuda_kernels_on_the_host(tmp_path, program, checks):
     compiler = shutil.which("g++")
     if compiler is None:

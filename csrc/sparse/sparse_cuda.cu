@@ -18,98 +18,23 @@
 #include <vector>
 
 #include "sparse/sparse_checks.h"
+#include "sparse/sparse_kernels.cuh"
 #include "sparse/sparse_merge.h"
 
 namespace peftcore {
 namespace {
 
-// The parameters of one call are described to a single kernel by a table of int64
-// words in device memory (pointers, offsets, dtypes): one launch for the whole
-// model, whatever the number of parameters (a launch per parameter measured 2x
-// slower than an index_add_ loop on an H200). Thread t finds its parameter by
-// binary search in the segment starts.
-enum ElemCode : int64_t { kF32 = 0, kF64 = 1, kF16 = 2, kBF16 = 3 };
+namespace sk = sparse_kernels;
 
 int64_t elem_code(at::ScalarType t) {
   switch (t) {
-    case at::kFloat: return kF32;
-    case at::kDouble: return kF64;
-    case at::kHalf: return kF16;
-    case at::kBFloat16: return kBF16;
+    case at::kFloat: return sk::kF32;
+    case at::kDouble: return sk::kF64;
+    case at::kHalf: return sk::kF16;
+    case at::kBFloat16: return sk::kBF16;
     default: TORCH_CHECK(false, "sparse ops: unsupported parameter dtype ", t);
   }
   return -1;
-}
-
-// seg[0..n]: segment starts; returns the i with seg[i] <= t < seg[i + 1] (segments
-// may be empty; the last start <= t is the non-empty one holding t).
-__device__ __forceinline__ int find_segment(const int64_t* seg, int n, int64_t t) {
-  int lo = 0, hi = n;  // invariant: seg[lo] <= t < seg[hi]
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) >> 1;
-    if (seg[mid] <= t) lo = mid; else hi = mid;
-  }
-  return lo;
-}
-
-template <typename T, typename Acc>
-__device__ __forceinline__ void add_saving(int64_t param, int64_t orig, int64_t local, int64_t j, Acc d) {
-  T* p = reinterpret_cast<T*>(param);
-  const T old = p[local];
-  reinterpret_cast<T*>(orig)[j] = old;
-  p[local] = static_cast<T>(static_cast<Acc>(old) + d);
-}
-
-// table: seg[n + 1] | key_offset[n + 1] | param_ptr[n] | orig_ptr[n] | elem_code[n]
-template <typename Acc>
-__global__ void compose_all_kernel(const int64_t* __restrict__ table, int n, const int64_t* __restrict__ keys,
-                                   const Acc* __restrict__ sums, int64_t* __restrict__ local_out, int64_t total) {
-  const int64_t *seg = table, *key_offset = table + n + 1, *param = table + 2 * n + 2, *orig = table + 3 * n + 2,
-                *code = table + 4 * n + 2;
-  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < total;
-       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int i = find_segment(seg, n, t);
-    const int64_t local = keys[t] - key_offset[i], j = t - seg[i];
-    local_out[t] = local;
-    switch (code[i]) {
-      case kF32: add_saving<float>(param[i], orig[i], local, j, sums[t]); break;
-      case kF64: add_saving<double>(param[i], orig[i], local, j, sums[t]); break;
-      case kF16: add_saving<at::Half>(param[i], orig[i], local, j, sums[t]); break;
-      default: add_saving<at::BFloat16>(param[i], orig[i], local, j, sums[t]); break;
-    }
-  }
-}
-
-template <typename Word>
-__device__ __forceinline__ void copy_back(int64_t param, int64_t orig, int64_t local, int64_t j) {
-  reinterpret_cast<Word*>(param)[local] = reinterpret_cast<const Word*>(orig)[j];
-}
-
-// table: seg[n + 1] | param_ptr[n] | index_ptr[n] | orig_ptr[n] | numel[n] | elem_size[n].
-// kCheck: only flags an index outside its parameter (nothing is written);
-// otherwise copies the saved bits back (a revert is a copy: the dtype is its size).
-template <bool kCheck>
-__global__ void revert_all_kernel(const int64_t* __restrict__ table, int n, int64_t total, int* __restrict__ bad) {
-  const int64_t *seg = table, *param = table + n + 1, *index = table + 2 * n + 1, *orig = table + 3 * n + 1,
-                *numel = table + 4 * n + 1, *size = table + 5 * n + 1;
-  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < total;
-       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int i = find_segment(seg, n, t);
-    const int64_t j = t - seg[i], local = reinterpret_cast<const int64_t*>(index[i])[j];
-    if (kCheck) {
-      if (local < 0 || local >= numel[i]) *bad = 1;
-    } else if (size[i] == 2) {
-      copy_back<uint16_t>(param[i], orig[i], local, j);
-    } else if (size[i] == 4) {
-      copy_back<uint32_t>(param[i], orig[i], local, j);
-    } else {
-      copy_back<uint64_t>(param[i], orig[i], local, j);
-    }
-  }
-}
-
-unsigned grid_for(int64_t total) {
-  return static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 8192));
 }
 
 at::Tensor device_table(const std::vector<int64_t>& words, const at::Device& device) {
@@ -128,8 +53,6 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> sparse_compose_cuda
   const MergedDeltas merged = merge_sparse_parts("sparse_compose_", params, indices, values, weights, parts);
   const int64_t total = merged.keys.numel();
   at::Tensor local = at::empty({total}, merged.keys.options());
-  std::vector<int64_t> table(merged.bounds);
-  table.insert(table.end(), merged.key_offsets.begin(), merged.key_offsets.end());
   std::vector<int64_t> param_ptr(n), orig_ptr(n), code(n);
   for (size_t i = 0; i < n; ++i) {
     const int64_t start = merged.bounds[i], count = merged.bounds[i + 1] - start;
@@ -140,12 +63,12 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> sparse_compose_cuda
     code[i] = elem_code(params[i].scalar_type());
   }
   if (total == 0) return {unions, originals};
-  for (const auto* column : {&param_ptr, &orig_ptr, &code}) table.insert(table.end(), column->begin(), column->end());
-  const at::Tensor dev_table = device_table(table, params[0].device());
+  const at::Tensor dev_table = device_table(
+      sk::compose_table(merged.bounds, merged.key_offsets, param_ptr, orig_ptr, code), params[0].device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   auto launch = [&](auto acc_zero) {  // the sums' dtype: float, or double if any param is
     using Acc = decltype(acc_zero);
-    compose_all_kernel<Acc><<<grid_for(total), 256, 0, stream>>>(
+    sk::compose_all_kernel<Acc, at::Half, at::BFloat16><<<sk::grid_for(total), 256, 0, stream>>>(
         dev_table.const_data_ptr<int64_t>(), static_cast<int>(n), merged.keys.const_data_ptr<int64_t>(),
         merged.sums.const_data_ptr<Acc>(), local.mutable_data_ptr<int64_t>(), total);
   };
@@ -175,16 +98,13 @@ void sparse_revert_cuda(at::TensorList params, at::TensorList indices, at::Tenso
   }
   const int64_t total = seg.back();
   if (total == 0) return;
-  std::vector<int64_t> table(seg);
-  for (const auto* column : {&param_ptr, &index_ptr, &orig_ptr, &numel, &size}) {
-    table.insert(table.end(), column->begin(), column->end());
-  }
-  const at::Tensor dev_table = device_table(table, params[0].device());
+  const at::Tensor dev_table =
+      device_table(sk::revert_table(seg, param_ptr, index_ptr, orig_ptr, numel, size), params[0].device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   // A bad handle must not write: the range check of every list (one host read) first.
   at::Tensor bad = at::zeros({1}, params[0].options().dtype(at::kInt));
-  revert_all_kernel<true><<<grid_for(total), 256, 0, stream>>>(dev_table.const_data_ptr<int64_t>(),
-                                                               static_cast<int>(n), total, bad.mutable_data_ptr<int>());
+  sk::revert_all_kernel<true><<<sk::grid_for(total), 256, 0, stream>>>(
+      dev_table.const_data_ptr<int64_t>(), static_cast<int>(n), total, bad.mutable_data_ptr<int>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (bad.item<int>() != 0) {
     for (size_t i = 0; i < n; ++i) {
@@ -193,8 +113,8 @@ void sparse_revert_cuda(at::TensorList params, at::TensorList indices, at::Tenso
                   "sparse_revert_: indices[", i, "] has values outside [0, ", params[i].numel(), ")");
     }
   }
-  revert_all_kernel<false><<<grid_for(total), 256, 0, stream>>>(dev_table.const_data_ptr<int64_t>(),
-                                                                static_cast<int>(n), total, nullptr);
+  sk::revert_all_kernel<false><<<sk::grid_for(total), 256, 0, stream>>>(dev_table.const_data_ptr<int64_t>(),
+                                                                    static_cast<int>(n), total, nullptr);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
