@@ -5,8 +5,8 @@
 //    second stream beside T and the large compute-bound GEMM G W.
 //  - tensor-core skinny kernels (lora/skinny_tc_kernels.cuh): the rank-r products in
 //    16-bit as hand-written WMMA kernels with the dropout mask applied on the fly,
-//    instead of cuBLAS GEMMs over a masked copy of x (and, for dx's term with
-//    dropout, instead of a GEMM and a zeroing pass).
+//    instead of cuBLAS GEMMs over a masked copy of x; dx's term T A by a WMMA kernel
+//    too, masked in the same pass (cuBLAS needs a zeroing pass after it).
 #pragma once
 
 namespace peftcore {

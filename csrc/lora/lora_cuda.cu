@@ -138,34 +138,37 @@ at::Tensor grad_A_of(const at::Tensor& t, const at::Tensor& x, const DropoutSpec
 }
 
 // grad_x += m∘(T A) when defined, else grad_x = m∘(T A); `buffer` (N x in) is reused
-// when defined. With dropout the tensor-core expand writes the masked term in one pass
-// where cuBLAS needs a second one (zeroing, or the masked add of a temporary).
+// when defined. The tensor-core expand writes the (masked) term in one pass; cuBLAS
+// needs a second one with dropout (zeroing, or the masked add of a temporary).
 void add_dx_term(const at::Tensor& t, const at::Tensor& A, const DropoutSpec* dropout, at::Tensor& grad_x,
                  at::Tensor& buffer) {
+  const bool accumulate = grad_x.defined();
+  const auto new_buffer = [&] { return at::empty({t.size(0), A.size(1)}, t.options()); };
+  if (tc_skinny_enabled()) {
+    if (!accumulate && !buffer.defined()) buffer = new_buffer();
+    at::Tensor& target = accumulate ? grad_x : buffer;
+    if (target.is_contiguous() && tc_skinny_applies(target, t.size(1))) {
+      tc_expand(t, A, dropout, target, accumulate);
+      if (!accumulate) grad_x = buffer;
+      return;
+    }
+  }
   if (dropout == nullptr) {
-    if (grad_x.defined()) {
+    if (accumulate) {
       grad_x.addmm_(t, A);
     } else {
-      grad_x = at::mm(t, A);
+      grad_x = buffer.defined() ? at::mm_out(buffer, t, A) : at::mm(t, A);
     }
     return;
   }
-  const bool accumulate = grad_x.defined();
-  const auto new_buffer = [&] { return at::empty({t.size(0), A.size(1)}, t.options()); };
-  if (!accumulate && !buffer.defined()) buffer = new_buffer();
-  at::Tensor& target = accumulate ? grad_x : buffer;
-  if (target.is_contiguous() && tc_skinny_applies(target, t.size(1))) {
-    tc_expand(t, A, dropout, target, accumulate);
+  if (!buffer.defined()) buffer = new_buffer();
+  at::mm_out(buffer, t, A);
+  if (accumulate) {
+    masked_add_(grad_x, buffer, *dropout);
   } else {
-    if (!buffer.defined()) buffer = new_buffer();
-    at::mm_out(buffer, t, A);
-    if (accumulate) {
-      masked_add_(grad_x, buffer, *dropout);
-    } else {
-      zero_dropped_(buffer, *dropout);
-    }
+    zero_dropped_(buffer, *dropout);
+    grad_x = buffer;
   }
-  if (!accumulate) grad_x = buffer;
 }
 
 // dB and dA (reductions over N that stream G and x once each) on a pool stream: dB
