@@ -26,8 +26,8 @@
 #include <memory>
 #include <type_traits>
 
-#include "common/philox.h"
 #include "common/gpu_paths.h"
+#include "common/philox.h"
 #include "hydra/hydra_compose.h"
 #include "lora/cuda_launch.h"
 #include "lora/lora_compose.h"
