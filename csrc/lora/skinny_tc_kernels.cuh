@@ -83,6 +83,63 @@ __device__ __forceinline__ uint4 mask_vec8(uint4 v, uint32_t bits) {
 
 __device__ __forceinline__ uint4 load_vec8(const void* p) { return *reinterpret_cast<const uint4*>(p); }
 
+// A tile of 16-bit rows in 16-byte vectors, kPerRow vectors per tile row, kVecs per
+// thread (vector v = threadIdx.x + j kThreads: tile row v / kPerRow, columns 8 (v %
+// kPerRow) on): load_tile fetches the in-bounds ones (zero elsewhere) into registers,
+// store_tile writes them to shared memory, zeroing dropped elements when `masked`
+// (flat index row * mask_cols + col of the contiguous operand).
+template <int kVecs, int kPerRow, typename T>
+__device__ __forceinline__ void load_tile(uint4 (&regs)[kVecs], const T* src, int64_t ld, int64_t row0, int64_t col0,
+                                          int64_t row_end, int64_t col_end) {
+#pragma unroll
+  for (int j = 0; j < kVecs; ++j) {
+    const int v = threadIdx.x + j * kThreads;
+    const int64_t row = row0 + v / kPerRow, col = col0 + (v % kPerRow) * 8;
+    regs[j] = row < row_end && col < col_end ? load_vec8(src + row * ld + col) : make_uint4(0u, 0u, 0u, 0u);
+  }
+}
+
+template <int kVecs, int kPerRow, typename T>
+__device__ __forceinline__ void store_tile(const uint4 (&regs)[kVecs], T* tile, int tile_ld, bool masked,
+                                           DropoutMask mask, int64_t row0, int64_t col0, int64_t row_end,
+                                           int64_t col_end, int64_t mask_cols) {
+#pragma unroll
+  for (int j = 0; j < kVecs; ++j) {
+    const int v = threadIdx.x + j * kThreads;
+    const int r = v / kPerRow, c = (v % kPerRow) * 8;
+    uint4 val = regs[j];
+    const int64_t row = row0 + r, col = col0 + c;
+    if (masked && row < row_end && col < col_end) val = mask_vec8(val, keep_bits8(mask, row * mask_cols + col));
+    *reinterpret_cast<uint4*>(tile + r * tile_ld + c) = val;
+  }
+}
+
+// The first `padded` columns of rows [row0, row0 + kRows) of a contiguous [*, cols]
+// operand of few columns (cols <= padded <= kMaxRank), element by element, zero past
+// row_end or cols: kElems elements per thread at most.
+template <int kRows, int kElems, typename T>
+__device__ __forceinline__ void load_narrow_tile(T (&regs)[kElems], const T* src, int cols, int padded, int64_t row0,
+                                                 int64_t row_end) {
+#pragma unroll
+  for (int j = 0; j < kElems; ++j) {
+    const int e = threadIdx.x + j * kThreads;
+    if (e < kRows * padded) {
+      const int64_t row = row0 + e / padded;
+      const int c = e % padded;
+      regs[j] = row < row_end && c < cols ? src[row * cols + c] : from_float<T>(0.0f);
+    }
+  }
+}
+
+template <int kRows, int kElems, typename T>
+__device__ __forceinline__ void store_narrow_tile(const T (&regs)[kElems], T* tile, int tile_ld, int padded) {
+#pragma unroll
+  for (int j = 0; j < kElems; ++j) {
+    const int e = threadIdx.x + j * kThreads;
+    if (e < kRows * padded) tile[(e / padded) * tile_ld + e % padded] = regs[j];
+  }
+}
+
 __device__ __forceinline__ DropoutMask mask_of(const lora_kernels::DeviceDropout& drop) {
   return drop.seed != nullptr ? lora_kernels::load_mask(drop) : DropoutMask{};
 }
@@ -125,42 +182,16 @@ __global__ void __launch_bounds__(kThreads)
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kMaxRank / 16];
   for (auto& frag : acc) wmma::fill_fragment(frag, 0.0f);
 
-  constexpr int kVecsPerRow = kShrinkK / 8;
+  constexpr int kPerRow = kShrinkK / 8;
   uint4 xv[kShrinkVecs], wv[kShrinkWVecs];
-  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
   const auto load = [&](int64_t k0) {
-#pragma unroll
-    for (int j = 0; j < kShrinkVecs; ++j) {
-      const int v = threadIdx.x + j * kThreads;
-      const int64_t row = row0 + v / kVecsPerRow, col = k0 + (v % kVecsPerRow) * 8;
-      xv[j] = row < rows && col < k_end ? load_vec8(x + row * ldx + col) : zero;
-    }
-#pragma unroll
-    for (int j = 0; j < kShrinkWVecs; ++j) {
-      const int v = threadIdx.x + j * kThreads;
-      const int r = v / kVecsPerRow;
-      const int64_t col = k0 + (v % kVecsPerRow) * 8;
-      wv[j] = r < rank && col < k_end ? load_vec8(w + r * cols + col) : zero;
-    }
+    load_tile<kShrinkVecs, kPerRow>(xv, x, ldx, row0, k0, rows, k_end);
+    load_tile<kShrinkWVecs, kPerRow>(wv, w, cols, 0, k0, rank, k_end);  // rows past r: zero
   };
   const auto store = [&](int64_t k0) {
-#pragma unroll
-    for (int j = 0; j < kShrinkVecs; ++j) {
-      const int v = threadIdx.x + j * kThreads;
-      const int r = v / kVecsPerRow, c = (v % kVecsPerRow) * 8;
-      uint4 val = xv[j];
-      const int64_t row = row0 + r, col = k0 + c;
-      if (masked && row < rows && col < k_end) val = mask_vec8(val, keep_bits8(mask, row * cols + col));
-      *reinterpret_cast<uint4*>(xs + r * kShrinkLd + c) = val;
-    }
-#pragma unroll
-    for (int j = 0; j < kShrinkWVecs; ++j) {
-      const int v = threadIdx.x + j * kThreads;
-      const int r = v / kVecsPerRow;
-      if (r < padded_rank) *reinterpret_cast<uint4*>(ws + r * kShrinkLd + (v % kVecsPerRow) * 8) = wv[j];
-    }
+    store_tile<kShrinkVecs, kPerRow>(xv, xs, kShrinkLd, masked, mask, row0, k0, rows, k_end, cols);
+    store_tile<kShrinkWVecs, kPerRow>(wv, ws, kShrinkLd, false, mask, 0, k0, rank, k_end, cols);
   };
-
   pipelined_tiles(k_begin, k_end, kShrinkK, load, store, [&] {
 #pragma unroll
     for (int kk = 0; kk < kShrinkK; kk += 16) {
@@ -208,45 +239,17 @@ __global__ void __launch_bounds__(kThreads)
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kMaxRank / 16];
   for (auto& frag : acc) wmma::fill_fragment(frag, 0.0f);
 
-  constexpr int kVecsPerRow = kOuterCols / 8;
+  constexpr int kPerRow = kOuterCols / 8;
   uint4 rv[kOuterVecs];
   T lv[kOuterLElems];
-  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
-  const int l_elems = kOuterRows * padded_rank;  // L tile: 64 rows x padded_rank
   const auto load = [&](int64_t n0) {
-#pragma unroll
-    for (int j = 0; j < kOuterVecs; ++j) {
-      const int v = threadIdx.x + j * kThreads;
-      const int64_t row = n0 + v / kVecsPerRow, col = col0 + (v % kVecsPerRow) * 8;
-      rv[j] = row < n_end && col < cols ? load_vec8(rmat + row * ldr + col) : zero;
-    }
-#pragma unroll
-    for (int j = 0; j < kOuterLElems; ++j) {
-      const int e = threadIdx.x + j * kThreads;
-      if (e < l_elems) {
-        const int64_t row = n0 + e / padded_rank;
-        const int c = e % padded_rank;
-        lv[j] = row < n_end && c < rank ? l[row * rank + c] : from_float<T>(0.0f);
-      }
-    }
+    load_tile<kOuterVecs, kPerRow>(rv, rmat, ldr, n0, col0, n_end, cols);
+    load_narrow_tile<kOuterRows>(lv, l, rank, padded_rank, n0, n_end);
   };
   const auto store = [&](int64_t n0) {
-#pragma unroll
-    for (int j = 0; j < kOuterVecs; ++j) {
-      const int v = threadIdx.x + j * kThreads;
-      const int r = v / kVecsPerRow, c = (v % kVecsPerRow) * 8;
-      uint4 val = rv[j];
-      const int64_t row = n0 + r, col = col0 + c;
-      if (masked && row < n_end && col < cols) val = mask_vec8(val, keep_bits8(mask, row * cols + col));
-      *reinterpret_cast<uint4*>(rs + r * kOuterLd + c) = val;
-    }
-#pragma unroll
-    for (int j = 0; j < kOuterLElems; ++j) {
-      const int e = threadIdx.x + j * kThreads;
-      if (e < l_elems) ls[(e / padded_rank) * kOuterLLd + e % padded_rank] = lv[j];
-    }
+    store_tile<kOuterVecs, kPerRow>(rv, rs, kOuterLd, masked, mask, n0, col0, n_end, cols, cols);
+    store_narrow_tile<kOuterRows>(lv, ls, kOuterLLd, padded_rank);
   };
-
   pipelined_tiles(n_begin, n_end, kOuterRows, load, store, [&] {
 #pragma unroll
     for (int kk = 0; kk < kOuterRows; kk += 16) {
@@ -317,26 +320,14 @@ __global__ void __launch_bounds__(kThreads)
   const bool masked = drop.seed != nullptr;
   const DropoutMask mask = mask_of(drop);
 
-  // T tile [64, padded_rank] and A tile [padded_rank, 128], zero outside the operands.
-#pragma unroll
-  for (int j = 0; j < kExpandTElems; ++j) {
-    const int e = threadIdx.x + j * kThreads;
-    if (e < kExpandRows * padded_rank) {
-      const int r = e / padded_rank, c = e % padded_rank;
-      const int64_t row = row0 + r;
-      t_tile[r * kExpandTLd + c] = row < rows && c < rank ? t[row * rank + c] : from_float<T>(0.0f);
-    }
-  }
-  constexpr int kVecsPerRow = kExpandCols / 8;
-#pragma unroll
-  for (int j = 0; j < kExpandAVecs; ++j) {
-    const int v = threadIdx.x + j * kThreads;
-    const int r = v / kVecsPerRow, c = (v % kVecsPerRow) * 8;
-    if (r < padded_rank) {
-      const int64_t col = col0 + c;
-      *reinterpret_cast<uint4*>(a_tile + r * kExpandALd + c) =
-          r < rank && col < cols ? load_vec8(a + r * cols + col) : make_uint4(0u, 0u, 0u, 0u);
-    }
+  // T tile [64, padded_rank] and A tile [kMaxRank, 128], zero outside the operands.
+  {
+    T tv[kExpandTElems];
+    uint4 av[kExpandAVecs];
+    load_narrow_tile<kExpandRows>(tv, t, rank, padded_rank, row0, rows);
+    load_tile<kExpandAVecs, kExpandCols / 8>(av, a, cols, 0, col0, rank, cols);
+    store_narrow_tile<kExpandRows>(tv, t_tile, kExpandTLd, padded_rank);
+    store_tile<kExpandAVecs, kExpandCols / 8>(av, a_tile, kExpandALd, false, mask, 0, col0, rank, cols, cols);
   }
   __syncthreads();
 
