@@ -96,6 +96,27 @@ def test_hydra_on_the_gpu_paths_is_as_accurate_as_torch(gpu_paths, dtype, p):
 
 
 @needs_cuda
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_tc_kernels_take_adapter_weights_off_the_16_byte_grid(gpu_paths, p):
+    # lora_A is read in 16-byte vectors: a view one element into its storage must be
+    # copied to an aligned buffer first, not read misaligned.
+    low, hi = make((100,), 64, 48, 8, torch.bfloat16, seed=3)
+    flat = torch.empty(8 * 64 + 1, device="cuda", dtype=torch.bfloat16)
+    flat[1:].copy_(low[3].detach().flatten())
+    low[3] = flat[1:].view(8, 64).requires_grad_(True)
+    seed = torch.tensor([5, 6], dtype=torch.int64, device="cuda")
+    out, _ = torch.ops.peftcore.lora_linear(*low, 0.5, p, seed if p > 0 else None)
+    torch_low = reference.lora_linear(*low, 0.5, p, seed)
+    ref = reference.lora_linear(*hi, 0.5, p, seed)
+    assert_as_accurate_as_torch(out, torch_low, ref, f"out {gpu_paths}")
+    grad = torch.randn(ref.shape, dtype=torch.float64, device="cuda")
+    for ours, theirs, want in zip(torch.autograd.grad(out, low, grad.to(torch.bfloat16)),
+                                  torch.autograd.grad(torch_low, low, grad.to(torch.bfloat16)),
+                                  torch.autograd.grad(ref, hi, grad)):
+        assert_as_accurate_as_torch(ours, theirs, want, f"grad {gpu_paths}")
+
+
+@needs_cuda
 def test_tc_kernels_run_when_switched_on_and_only_then():
     # A silent fallback to cuBLAS would let the parity tests above pass untested.
     low, _ = make((512,), 256, 256, 16, torch.bfloat16)

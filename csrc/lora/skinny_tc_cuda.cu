@@ -28,6 +28,14 @@ at::Tensor partials(int64_t splits, int64_t a, int64_t b, const at::Tensor& like
   return at::empty({splits, a, b}, like.options().dtype(at::kFloat));
 }
 
+// A small operand read in 16-byte vectors: contiguous and 16-byte aligned (a view at
+// an odd offset is copied; the copy is a fresh, aligned allocation).
+at::Tensor vector_ready(const at::Tensor& t) {
+  at::Tensor c = t.contiguous();
+  if (reinterpret_cast<uintptr_t>(c.const_data_ptr()) % 16 != 0) c = c.clone();
+  return c;
+}
+
 // c10's 16-bit types and CUDA's have the same layout; the kernels use CUDA's.
 template <typename T>
 using CudaType = std::conditional_t<std::is_same_v<T, at::BFloat16>, __nv_bfloat16, __half>;
@@ -66,7 +74,7 @@ at::Tensor tc_shrink(const at::Tensor& x, const at::Tensor& w, double scale, con
   at::Tensor out = at::empty({rows, rank}, x.options());
   if (rows == 0) return out;
   if (cols == 0) return out.zero_();
-  const at::Tensor wc = w.contiguous();
+  const at::Tensor wc = vector_ready(w);
   const k::ShrinkPlan plan = k::shrink_plan(rows, cols, rank, sm_count(x.device()));
   const at::Tensor partial = partials(plan.split.count, plan.padded_rows, plan.padded_rank, x);
   const KernelDropout drop = kernel_dropout(dropout);
@@ -106,7 +114,7 @@ void tc_expand(const at::Tensor& t, const at::Tensor& a, const DropoutSpec* drop
   const c10::cuda::CUDAGuard guard(out.device());
   const int64_t rows = out.size(0), cols = out.size(1), rank = t.size(1);
   if (rows == 0 || cols == 0) return;
-  const at::Tensor tc = t.contiguous(), ac = a.contiguous();
+  const at::Tensor tc = t.contiguous(), ac = vector_ready(a);
   const KernelDropout drop = kernel_dropout(dropout);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const dim3 grid = k::expand_grid(rows, cols);
