@@ -47,6 +47,27 @@ def make(lead, n_in, n_out, r, dtype, seed=0):
     return low, hi
 
 
+def assert_op_as_accurate_as_torch(op, reference_fn, low, hi, what):
+    """op(low) and its gradients against reference_fn in the same dtype (PyTorch's own
+    math) and in float64: a wrong keep-mask, row or column moves whole terms, far
+    beyond the 16-bit rounding."""
+    out, torch_low, ref = op(low), reference_fn(low), reference_fn(hi)
+    assert_as_accurate_as_torch(out, torch_low, ref, f"out {what}")
+    grad = torch.randn(ref.shape, dtype=torch.float64, device="cuda")
+    for i, (ours, theirs, want) in enumerate(zip(torch.autograd.grad(out, low, grad.to(out.dtype)),
+                                                 torch.autograd.grad(torch_low, low, grad.to(out.dtype)),
+                                                 torch.autograd.grad(ref, hi, grad))):
+        assert_as_accurate_as_torch(ours, theirs, want, f"grad {i} {what}")
+
+
+def lora_pair(p, seed):
+    """The op and reference.lora_linear at scaling 0.5 and dropout p."""
+    def op(t):
+        return torch.ops.peftcore.lora_linear(*t, 0.5, p, seed if p > 0 else None)[0]
+
+    return op, lambda t: reference.lora_linear(*t, 0.5, p, seed)
+
+
 # (leading shape, in, out, r). The kernels need in and out multiples of 8 and r <= 64;
 # the last three fall back in part or whole. Split reductions from a few hundred rows.
 SHAPES = [((37,), 136, 264, 16), ((2, 129), 1000, 8, 1), ((300,), 64, 72, 33), ((1,), 8, 16, 64),
@@ -60,17 +81,7 @@ SHAPES = [((37,), 136, 264, 16), ((2, 129), 1000, 8, 1), ((300,), 64, 72, 33), (
 def test_lora_on_the_gpu_paths_is_as_accurate_as_torch(gpu_paths, dtype, lead, n_in, n_out, r, p):
     low, hi = make(lead, n_in, n_out, r, dtype, seed=n_in * 7 + r)
     seed = torch.tensor([0x5EED, 77], dtype=torch.int64, device="cuda")
-    out, _ = torch.ops.peftcore.lora_linear(*low, 0.5, p, seed if p > 0 else None)
-    torch_low = reference.lora_linear(*low, 0.5, p, seed)
-    ref = reference.lora_linear(*hi, 0.5, p, seed)
-    assert_as_accurate_as_torch(out, torch_low, ref, f"out {gpu_paths}")
-    grad = torch.randn(ref.shape, dtype=torch.float64, device="cuda")
-    # A wrong keep-mask, row or column moves whole terms: far beyond the 16-bit rounding.
-    for name, ours, theirs, want in zip(["x", "w", "b", "A", "B"],
-                                        torch.autograd.grad(out, low, grad.to(dtype)),
-                                        torch.autograd.grad(torch_low, low, grad.to(dtype)),
-                                        torch.autograd.grad(ref, hi, grad)):
-        assert_as_accurate_as_torch(ours, theirs, want, f"grad {name} {gpu_paths}")
+    assert_op_as_accurate_as_torch(*lora_pair(p, seed), low, hi, gpu_paths)
 
 
 @needs_cuda
@@ -84,15 +95,9 @@ def test_hydra_on_the_gpu_paths_is_as_accurate_as_torch(gpu_paths, dtype, p):
     hi = [(torch.randn(*s, generator=g, dtype=torch.float64) / 4).cuda().requires_grad_(True) for s in shapes]
     low = [t.detach().to(dtype).requires_grad_(True) for t in hi]
     seed = torch.tensor([99, 5], dtype=torch.int64, device="cuda")
-    out = torch.ops.peftcore.hydra_linear(*low, 0.7, 1.3, p, seed if p > 0 else None)[0]
-    torch_low = reference.hydra_linear(*low, 0.7, 1.3, p, seed)
-    ref = reference.hydra_linear(*hi, 0.7, 1.3, p, seed)
-    assert_as_accurate_as_torch(out, torch_low, ref, f"out {gpu_paths}")
-    grad = torch.randn(ref.shape, dtype=torch.float64, device="cuda")
-    for i, (ours, theirs, want) in enumerate(zip(torch.autograd.grad(out, low, grad.to(dtype)),
-                                                 torch.autograd.grad(torch_low, low, grad.to(dtype)),
-                                                 torch.autograd.grad(ref, hi, grad))):
-        assert_as_accurate_as_torch(ours, theirs, want, f"grad {i} {gpu_paths}")
+    assert_op_as_accurate_as_torch(
+        lambda t: torch.ops.peftcore.hydra_linear(*t, 0.7, 1.3, p, seed if p > 0 else None)[0],
+        lambda t: reference.hydra_linear(*t, 0.7, 1.3, p, seed), low, hi, gpu_paths)
 
 
 @needs_cuda
@@ -105,15 +110,7 @@ def test_tc_kernels_take_adapter_weights_off_the_16_byte_grid(gpu_paths, p):
     flat[1:].copy_(low[3].detach().flatten())
     low[3] = flat[1:].view(8, 64).requires_grad_(True)
     seed = torch.tensor([5, 6], dtype=torch.int64, device="cuda")
-    out, _ = torch.ops.peftcore.lora_linear(*low, 0.5, p, seed if p > 0 else None)
-    torch_low = reference.lora_linear(*low, 0.5, p, seed)
-    ref = reference.lora_linear(*hi, 0.5, p, seed)
-    assert_as_accurate_as_torch(out, torch_low, ref, f"out {gpu_paths}")
-    grad = torch.randn(ref.shape, dtype=torch.float64, device="cuda")
-    for ours, theirs, want in zip(torch.autograd.grad(out, low, grad.to(torch.bfloat16)),
-                                  torch.autograd.grad(torch_low, low, grad.to(torch.bfloat16)),
-                                  torch.autograd.grad(ref, hi, grad)):
-        assert_as_accurate_as_torch(ours, theirs, want, f"grad {gpu_paths}")
+    assert_op_as_accurate_as_torch(*lora_pair(p, seed), low, hi, gpu_paths)
 
 
 @needs_cuda
