@@ -140,3 +140,18 @@ def test_bench_leaves_the_fault_column_out_where_the_kernel_does_not_count(monke
                                      warmup=1, reps=2, rounds=1)["fill"]
     assert math.isnan(timing.faults_per_call)
     assert "faults_per_call" not in common.timing_row({"op": "fill"}, torch.device("cpu"), "fill", timing)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bench_times_cuda_calls_back_to_back_cuda():
+    # time_stream: one sample per call, each the GPU time of that call alone (a sleep
+    # kernel ten times longer measures about ten times longer), with no host sync
+    # between calls.
+    import statistics
+
+    from peftcore.bench.common import time_stream
+
+    short = time_stream(lambda: torch.cuda._sleep(200_000), 5)
+    long = time_stream(lambda: torch.cuda._sleep(2_000_000), 5)
+    assert len(short) == len(long) == 5 and min(short) > 0
+    assert 5 < statistics.median(long) / statistics.median(short) < 15

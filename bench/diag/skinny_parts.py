@@ -16,13 +16,15 @@ import statistics
 import torch
 
 import peftcore  # noqa: F401  (registers torch.ops.peftcore)
-from peftcore.bench.common import _time_once, measure_limits, sync
+from peftcore.bench.common import _time_once, measure_limits, sync, time_stream
 
 
 def median_s(fn, device: torch.device, reps: int) -> float:
     for _ in range(3):
         fn()
     sync(device)
+    if device.type == "cuda":
+        return statistics.median(time_stream(fn, reps))
     return statistics.median(_time_once(fn, device) for _ in range(reps))
 
 

@@ -1,7 +1,8 @@
 """Timing, hardware limits and result files shared by every benchmark family.
 
 Rules (DESIGN.md): candidates alternate within one process, warm-up first,
-medians of many repetitions, CUDA timed with events; inputs rotate between
+medians of many repetitions, CUDA timed with events between back-to-back calls
+(time_stream); inputs rotate between
 several buffers so that small cases are not flattered by warm caches.
 """
 
@@ -68,15 +69,29 @@ def kernel_counts_page_faults() -> bool:
 
 def _time_once(fn: Callable[[], object], device: torch.device) -> float:
     if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
+        return time_stream(fn, 1)[0]
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def time_stream(fn: Callable[[], object], reps: int) -> list[float]:
+    """Seconds per call of `reps` back-to-back calls on the current CUDA stream, one
+    event between consecutive calls and one synchronisation at the end: the GPU's
+    time per call while the CPU runs ahead, as in training, where the host enqueues
+    the next layers' kernels while the GPU runs these. An untimed lead call first
+    puts the host ahead; timing each call from an idle, synchronised GPU would add the
+    host's launch path of every call (tens of microseconds for any autograd op) to
+    every sample instead.
+    """
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(reps + 1)]
+    fn()
+    events[0].record()
+    for i in range(reps):
+        fn()
+        events[i + 1].record()
+    events[-1].synchronize()
+    return [events[i].elapsed_time(events[i + 1]) / 1e3 for i in range(reps)]
 
 
 @dataclass
@@ -109,6 +124,9 @@ def time_alternating(
     faults = dict.fromkeys(candidates, 0)
     for _ in range(rounds):
         for name, fn in candidates.items():
+            if device.type == "cuda":
+                samples[name].extend(time_stream(fn, reps))
+                continue
             for _ in range(reps):
                 before = _minor_faults()
                 samples[name].append(_time_once(fn, device))
