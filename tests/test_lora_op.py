@@ -126,6 +126,22 @@ def test_dropout_mask_statistics_and_seed_dependence():
                        ops.lora_linear(x, w, b, a, bb, 1.0, 0.0))
 
 
+@pytest.mark.parametrize("p", [0.001, 0.1, 0.5, 0.9])
+def test_dropout_mask_is_unbiased_and_neighbours_are_independent(p):
+    # Each Philox word serves two elements (its 16-bit halves), each counter eight:
+    # the keep rate must be 1 - p within sampling error, and elements sharing a word
+    # or a counter must be as independent as elements far apart.
+    keep = reference.dropout_keep_mask(torch.tensor([11, 13]), p, 1000, 1024).flatten().double()
+    n = keep.numel()
+    sigma = (p * (1 - p) / n) ** 0.5
+    assert abs(keep.mean().item() - (1 - p)) < 5 * sigma
+    centred = keep - keep.mean()
+    var = centred.square().mean()
+    for lag in (1, 2, 7, 8, 4096):  # same word, same counter, next counter, far
+        corr = (centred[:-lag] * centred[lag:]).mean() / var
+        assert abs(corr.item()) < 5 / n**0.5, (lag, corr.item())
+
+
 @pytest.mark.parametrize("lead", [(3, 2), (6, 5)])  # without dropout: the unmerged and the merged-weight path
 def test_gradcheck_float64(device, lead):
     for p in (0.0, 0.4):

@@ -5,6 +5,7 @@
 #include <ATen/Dispatch.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -170,20 +171,28 @@ void fill_keep_flags(const DropoutMask& mask, int64_t flat_begin, int64_t count,
   if (count <= 0) return;
   constexpr int64_t kChunkGroups = 1024;  // 16 KiB of words, stays in L1
   thread_local std::vector<uint32_t> words(4 * kChunkGroups);
-  const uint64_t first_group = static_cast<uint64_t>(flat_begin) >> 2;
-  const uint64_t last_group = static_cast<uint64_t>(flat_begin + count - 1) >> 2;
+  thread_local std::vector<uint16_t> halves(2 * words.size());
+  const uint64_t first_group = static_cast<uint64_t>(flat_begin) / kMaskGroup;
+  const uint64_t last_group = static_cast<uint64_t>(flat_begin + count - 1) / kMaskGroup;
   for (uint64_t g0 = first_group; g0 <= last_group; g0 += kChunkGroups) {
     const int64_t groups = std::min<int64_t>(kChunkGroups, static_cast<int64_t>(last_group - g0 + 1));
     philox_words(g0, groups, mask.stream, mask.key, words.data());
+    // Element e of the chunk is half e % 2 (low first) of word e / 2 (philox.h), i.e.
+    // half-word e in memory order on a little-endian machine.
+#if defined(__BYTE_ORDER__)
+    static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the half-words are read in memory order");
+#endif
+    std::memcpy(halves.data(), words.data(), static_cast<size_t>(groups) * 4 * sizeof(uint32_t));
     // Flat indices covered by this chunk, clipped to the requested range.
-    const int64_t lo = std::max<int64_t>(flat_begin, static_cast<int64_t>(g0 * 4));
-    const int64_t hi = std::min<int64_t>(flat_begin + count, static_cast<int64_t>((g0 + groups) * 4));
+    const int64_t chunk_first = static_cast<int64_t>(g0) * kMaskGroup;
+    const int64_t lo = std::max<int64_t>(flat_begin, chunk_first);
+    const int64_t hi = std::min<int64_t>(flat_begin + count, chunk_first + groups * kMaskGroup);
     // Restrict-qualified locals: uint8_t stores may alias anything otherwise,
     // which keeps the compiler from vectorising the compare.
-    const uint32_t* __restrict w = words.data() + (lo - static_cast<int64_t>(g0 * 4));
+    const uint16_t* __restrict h = halves.data() + (lo - chunk_first);
     uint8_t* __restrict k = keep + (lo - flat_begin);
     const uint32_t threshold = mask.threshold;
-    for (int64_t i = 0; i < hi - lo; ++i) k[i] = static_cast<uint8_t>((w[i] >> 8) >= threshold);
+    for (int64_t i = 0; i < hi - lo; ++i) k[i] = static_cast<uint8_t>(h[i] >= threshold);
   }
 }
 

@@ -4,7 +4,7 @@
 // product, skinny or not, is a cuBLAS GEMM (lora_cuda.cu): hand-written skinny
 // GEMM kernels on CUDA cores measured 2-8x slower than cuBLAS on an H200.
 //
-// Each thread takes units of 8 consecutive elements (two Philox groups) and, when
+// Each thread takes units of 8 consecutive elements (one Philox group) and, when
 // the pointers allow, moves them as one aligned pack (16 bytes for 16-bit types):
 // on the H200 the first, element-by-element kernels made dropout cost LoRA 0.20 ms
 // at N=8192, 4096^2 (three passes, about a third of the copy bandwidth), where
@@ -49,23 +49,23 @@ __device__ __forceinline__ DropoutMask load_mask(const DeviceDropout& d) {
 constexpr int kMaskThreads = 256;
 
 // Calls body(i, kept) for every flat index i of a contiguous [N, K] tensor, grid-
-// stride; one Philox call gives the bits of 4 consecutive elements (one group per
-// thread per iteration).
+// stride; one Philox call gives the bits of kMaskGroup consecutive elements (one
+// group per thread per iteration).
 template <typename Body>
 __device__ __forceinline__ void for_each_with_mask(int64_t numel, const DropoutMask& mask, Body body) {
-  const int64_t groups = (numel + 3) / 4;
+  const int64_t groups = (numel + kMaskGroup - 1) / kMaskGroup;
   for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups;
        g += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const uint32_t bits = mask.keep_bits(static_cast<uint64_t>(g));
-    const int64_t i0 = 4 * g;
+    const int64_t i0 = kMaskGroup * g;
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
+    for (int k = 0; k < kMaskGroup; ++k) {
       if (i0 + k < numel) body(i0 + k, ((bits >> k) & 1u) != 0);
     }
   }
 }
 
-constexpr int kUnit = 8;  // elements per thread step: the bits of two Philox groups
+constexpr int kUnit = kMaskGroup;  // elements per thread step: the bits of one Philox group
 
 // Calls unit(i0, bits) for every whole unit of 8 (bit k: element i0 + k is kept) and
 // elem(i, kept) for the numel % 8 elements after them, grid-stride.
@@ -76,8 +76,7 @@ __device__ __forceinline__ void for_each_unit_with_mask(int64_t numel, const Dro
   const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t u = first; u < units; u += stride) {
-    const uint64_t group = 2 * static_cast<uint64_t>(u);
-    unit(u * kUnit, mask.keep_bits(group) | (mask.keep_bits(group + 1) << 4));
+    unit(u * kUnit, mask.keep_bits(static_cast<uint64_t>(u)));
   }
   for (int64_t i = units * kUnit + first; i < numel; i += stride) elem(i, mask.keep(static_cast<uint64_t>(i)));
 }
@@ -168,9 +167,9 @@ __global__ void __launch_bounds__(kMaskThreads)
 }
 
 // Enough blocks to fill the GPU a few times over; the grid-stride loops do the rest
-// (one unit of 8 elements per thread per step, or a group of 4 in the scalar kernels).
+// (one unit or group of 8 elements per thread per step).
 inline unsigned mask_blocks(int64_t numel, int sm_count) {
-  const int64_t groups = (numel + 3) / 4;
+  const int64_t groups = (numel + kMaskGroup - 1) / kMaskGroup;
   const int64_t wanted = (groups + kMaskThreads - 1) / kMaskThreads;
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(wanted, int64_t{sm_count} * 8)));
 }

@@ -5,8 +5,8 @@
 //   outer    acc [r, C] = L^T (m∘R)        L [N, r] contiguous, R [N, C] (row stride ldr)
 //   expand   out [N, K] (+)= m∘(T A)       T [N, r], A [r, K] contiguous, out contiguous
 //
-// shrink and outer stream their big operand once in 16-byte vectors (8 elements: two Philox
-// groups of the mask, zeroed with bit operations) through shared memory, with the
+// shrink and outer stream their big operand once in 16-byte vectors (8 elements: one Philox
+// group of the mask, zeroed with bit operations) through shared memory, with the
 // next tile's loads in flight during the current tile's MMAs. The reduction
 // dimension is split over blocks (K for shrink, N for outer) so that a few thousand
 // rows still fill the GPU; each split writes float32 partials and
@@ -64,8 +64,8 @@ __device__ __forceinline__ __half from_float<__half>(float v) {
 
 // The keep bits of the 8 elements from flat index i0 (a multiple of 8) on.
 __device__ __forceinline__ uint32_t keep_bits8(const DropoutMask& mask, int64_t i0) {
-  const uint64_t group = static_cast<uint64_t>(i0) >> 2;
-  return mask.keep_bits(group) | (mask.keep_bits(group + 1) << 4);
+  static_assert(kMaskGroup == 8, "one Philox group per 16-byte vector");
+  return mask.keep_bits(static_cast<uint64_t>(i0) / kMaskGroup);
 }
 
 // Zeroes the 16-bit elements of v whose keep bit is clear (element k: bit k; two

@@ -45,17 +45,19 @@ def philox4x32_10(group: Tensor, stream: int, key: int) -> list[Tensor]:
 def dropout_keep_mask(seed: Tensor, p: float, rows: int, cols: int) -> Tensor:
     """The keep-mask peftcore's kernels regenerate for a [rows, cols] input.
 
-    Element i (flat row-major) is kept when the top 24 bits of word i % 4 of
-    Philox(counter=(i // 4, seed[1]), key=seed[0]) are >= ceil(p * 2**24), i.e.
-    with probability 1 - p up to 2**-24. Kept values are later scaled by 1 / (1 - p).
+    Element i (flat row-major) takes the 16-bit half i % 2 (low half first) of word
+    (i // 2) % 4 of Philox(counter=(i // 8, seed[1]), key=seed[0]) and is kept when
+    that half is >= ceil(p * 2**16), i.e. with probability 1 - p up to 2**-16. Kept
+    values are later scaled by 1 / (1 - p).
     """
     words = [int(w) & 0xFFFFFFFFFFFFFFFF for w in seed.cpu().tolist()]
     flat = torch.arange(rows * cols, dtype=torch.int64)
-    r = philox4x32_10(flat >> 2, stream=words[1], key=words[0])
-    lane = flat & 3
+    r = philox4x32_10(flat >> 3, stream=words[1], key=words[0])
+    lane = (flat >> 1) & 3
     word = torch.where(lane == 0, r[0], torch.where(lane == 1, r[1], torch.where(lane == 2, r[2], r[3])))
-    threshold = int(-(-p * 2**24 // 1))  # ceil
-    return ((word >> 8) >= threshold).reshape(rows, cols)
+    half = (word >> (16 * (flat & 1))) & 0xFFFF
+    threshold = int(-(-p * 2**16 // 1))  # ceil
+    return (half >= threshold).reshape(rows, cols)
 
 
 def lora_linear(
