@@ -25,7 +25,7 @@ def median_s(fn, device: torch.device, reps: int) -> float:
     sync(device)
     if device.type == "cuda":
         return statistics.median(time_stream(fn, reps))
-    return statistics.median(_time_once(fn, device) for _ in range(reps))
+    return statistics.median(_time_once(fn) for _ in range(reps))
 
 
 def slab_tn(a: torch.Tensor, b: torch.Tensor, slabs: int) -> torch.Tensor:
