@@ -63,15 +63,11 @@ has diag && (cd /tmp && timeout "$(cap 150)" "$PY" "$OLDPWD/bench/diag/errors.py
 # replaces a crashed worker, so one segfault does not hide the tests after it.
 TEST_OPTS=$("$PY" -c "import pytest_timeout" 2>/dev/null && echo "--timeout=120")
 TEST_OPTS="$TEST_OPTS $("$PY" -c "import xdist" 2>/dev/null && echo "-n 4")"
-# The GPU paths that are off by default run last, in a process of their own: a fault
-# in a kernel not yet proven on a GPU poisons its CUDA context, not the other tests'.
 has tests && timeout "$(cap 170)" "$PY" -m pytest tests -q -k "cuda" -p no:cacheprovider $TEST_OPTS \
-  --deselect tests/test_gpu_paths_cuda.py --deselect tests/test_cuda_kernels_emulated.py 2>&1 | tee "$WORK/tests_cuda.log" | grep -E "^(FAILED|ERROR)|passed|failed"
-has tests && timeout "$(cap 90)" "$PY" -m pytest tests/test_gpu_paths_cuda.py -q -p no:cacheprovider $TEST_OPTS 2>&1 \
-  | tee -a "$WORK/tests_cuda.log" | grep -E "^(FAILED|ERROR)|passed|failed"
+  --deselect tests/test_cuda_kernels_emulated.py 2>&1 | tee "$WORK/tests_cuda.log" | grep -E "^(FAILED|ERROR)|passed|failed"
 
 # One process per family, each with its own cap, so a slow family cannot starve the rest.
-for family in $(has bench && echo ${FAMILIES:-lora lora_paths adapters optim sparse masked select}); do
+for family in $(has bench && echo ${FAMILIES:-lora adapters optim sparse masked select}); do
   timeout "$(cap ${FAMILY_CAP_S:-80})" "$PY" bench/run.py --device cuda --ops "$family" --out "$WORK/bench" "$@" 2>&1 \
     | tee -a "$WORK/bench.log" | grep -v "it/s\]$\|s/it\]$" | tail -30
 done

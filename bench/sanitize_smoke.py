@@ -55,12 +55,6 @@ def sparse():
 if __name__ == "__main__":
     for dtype in (torch.float32, torch.bfloat16):
         adapters(dtype)
-    # The GPU paths that are off by default (csrc/common/gpu_paths.h).
-    peftcore._C._set_tc_skinny(True)
-    peftcore._C._set_side_stream(True)
-    adapters(torch.bfloat16)
-    peftcore._C._set_tc_skinny(False)
-    peftcore._C._set_side_stream(False)
     optimizers()
     sparse()
     torch.cuda.synchronize()

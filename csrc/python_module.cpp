@@ -1,9 +1,9 @@
-// The _C Python module: build information only. Tensor ops are reached through
-// torch.ops.peftcore, registered in registration.cpp when this library loads.
+// The _C Python module: build information and the CPU vector-kernel switch. Tensor
+// ops are reached through torch.ops.peftcore: each family registers its schemas
+// (csrc/<family>/<family>_schema.cpp) when this library loads.
 #include <pybind11/pybind11.h>
 
 #include "common/cpu_features.h"
-#include "common/gpu_paths.h"
 
 namespace py = pybind11;
 
@@ -22,9 +22,4 @@ PYBIND11_MODULE(_C, m) {
   m.def("_cpu_has_avx512", &peftcore::cpu_has_avx512);
   m.def("_vector_kernels", &peftcore::cpu_vector_kernels_enabled);
   m.def("_set_vector_kernels", &peftcore::set_cpu_vector_kernels_enabled, py::arg("enabled"));
-  // The GPU paths that are off by default (common/gpu_paths.h), for the benchmark and tests.
-  m.def("_side_stream", &peftcore::side_stream_enabled);
-  m.def("_set_side_stream", &peftcore::set_side_stream_enabled, py::arg("enabled"));
-  m.def("_tc_skinny", &peftcore::tc_skinny_enabled);
-  m.def("_set_tc_skinny", &peftcore::set_tc_skinny_enabled, py::arg("enabled"));
 }

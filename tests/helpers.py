@@ -44,3 +44,33 @@ def assert_same_forward_backward(ours, theirs, x, param_pairs, rtol: float = 1e-
     for i, (a, b) in enumerate(param_pairs):
         assert_rel_close(a.grad, b.grad, rtol, f"grad of parameter pair {i}")
     return y1.detach()
+
+
+def assert_runs_under_autocast_with_fp32_weights(layer) -> None:
+    """A fresh adapter layer (zero delta) under CPU bf16 autocast: bf16 output equal to
+    the base layer's, and gradients for every trainable parameter."""
+    x = torch.randn(3, layer.in_features)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+        ref = torch.nn.functional.linear(x, layer.base_layer.weight, layer.base_layer.bias)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), ref.float(), rtol=2e-2, atol=2e-2)
+    y.float().sum().backward()
+    assert all(p.grad is not None for p in layer.parameters() if p.requires_grad)
+
+
+def assert_compiles_fullgraph(layer) -> None:
+    """torch.compile(fullgraph=True) of an adapter layer in eval (no dropout) gives the
+    eager output, and backward reaches x and every trainable parameter."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in layer.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.1)
+    layer.eval()
+    x = torch.randn(5, layer.in_features, requires_grad=True)
+    ref = layer(x)
+    out = torch.compile(layer, fullgraph=True, backend="aot_eager")(x)
+    torch.testing.assert_close(out, ref)
+    out.sum().backward()
+    assert x.grad is not None and all(p.grad is not None for p in layer.parameters() if p.requires_grad)

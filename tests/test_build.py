@@ -68,26 +68,6 @@ def test_bench_cli_parses_op_names_and_refuses_unknown_ones(capsys):
     with pytest.raises(SystemExit):
         main(["--repeat", "0", "--quick"])
     assert "--repeat must be at least 1" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["--ops", "lora_paths", "--device", "cpu", "--quick"])
-    assert "lora_paths measures CUDA code only" in capsys.readouterr().err
-
-
-def test_lora_paths_bench_switches_paths_for_its_step_only():
-    import peftcore
-    from peftcore.bench.bench_lora_paths import paths_for, with_paths
-
-    assert set(paths_for(0.1)) == {"peftcore tc skinny", "peftcore tc+side"}
-    seen = []
-
-    def step():
-        seen.append((peftcore._C._side_stream(), peftcore._C._tc_skinny()))
-        raise RuntimeError("step failed")
-
-    with pytest.raises(RuntimeError, match="step failed"):
-        with_paths(step, ("tc skinny", "side stream"))()
-    assert seen == [(True, True)]
-    assert not peftcore._C._side_stream() and not peftcore._C._tc_skinny()
 
 
 def test_gpu_check_script_parses():

@@ -6,7 +6,8 @@ from torch import nn
 
 import peftcore
 from peftcore import reference
-from helpers import LOW_PRECISION, assert_as_accurate_as_torch, assert_rel_close, max_abs
+from helpers import (LOW_PRECISION, assert_as_accurate_as_torch, assert_compiles_fullgraph, assert_rel_close,
+                     assert_runs_under_autocast_with_fp32_weights, max_abs)
 
 hydra_op = torch.ops.peftcore.hydra_linear
 hydra_bwd = torch.ops.peftcore.hydra_linear_backward
@@ -132,3 +133,11 @@ def test_layer_fresh_equals_base_and_trains():
     assert loss.item() < 0.8 * first
     with pytest.raises(ValueError, match="at least one"):
         peftcore.HydraLinear(nn.Linear(4, 4), 0, 0)
+
+
+def test_hydra_runs_under_autocast_with_fp32_weights():
+    assert_runs_under_autocast_with_fp32_weights(peftcore.HydraLinear(nn.Linear(64, 48), 4, 4))
+
+
+def test_hydra_layer_compiles_fullgraph():
+    assert_compiles_fullgraph(peftcore.HydraLinear(nn.Linear(32, 48), 4, 3, dropout=0.1))

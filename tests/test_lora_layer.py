@@ -8,7 +8,8 @@ from torch import nn
 
 import peftcore
 from peftcore._peers import peft_lora_linear
-from helpers import assert_rel_close, assert_same_forward_backward
+from helpers import (assert_compiles_fullgraph, assert_rel_close, assert_runs_under_autocast_with_fp32_weights,
+                     assert_same_forward_backward)
 
 # in/out of 1, 7, 127, 4096 and r of 1, 8, 64 (acceptance of the foundation issue).
 PEFT_CASES = [
@@ -134,3 +135,11 @@ def test_training_reduces_loss_and_only_adapters_change():
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
     assert torch.equal(base.weight, w0)
+
+
+def test_lora_runs_under_autocast_with_fp32_weights():
+    assert_runs_under_autocast_with_fp32_weights(peftcore.LoraLinear(nn.Linear(64, 48), r=4))
+
+
+def test_lora_layer_compiles_fullgraph():
+    assert_compiles_fullgraph(peftcore.LoraLinear(nn.Linear(32, 48), r=4, dropout=0.1))

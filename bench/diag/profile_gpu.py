@@ -47,12 +47,6 @@ def lora_cases() -> None:
         for name, layer in (("peftcore", ours), ("hf peft", peer)):
             layer = layer.to("cuda", torch.bfloat16).train()
             show(f"LoRA {name} N={n} {d}x{d} r={r} p={p}", lambda: layer(x).backward(g))
-        # The tensor-core skinny kernels (off by default: csrc/common/gpu_paths.h).
-        peftcore._C._set_tc_skinny(True)
-        try:
-            show(f"LoRA peftcore tc skinny N={n} {d}x{d} r={r} p={p}", lambda: ours(x).backward(g))
-        finally:
-            peftcore._C._set_tc_skinny(False)
 
 
 def bat_case() -> None:

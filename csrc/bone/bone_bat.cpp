@@ -1,5 +1,5 @@
 // MiSS "bat" on any device: written once over ATen (GEMMs on MKL / cuBLAS) and
-// registered as CompositeExplicitAutograd, with autograd in common/adapter_autograd.cpp.
+// registered as CompositeExplicitAutograd, with autograd in bone_autograd.cpp.
 //
 // W' = blockwise W_ij (I + b_i) + b_i is one batched GEMM into a single out x in
 // temporary. Backward needs db_i = Σ_j (W_ij + I)^T dW'_ij with dW' = G^T x; it
@@ -24,8 +24,9 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include "bone/bone_checks.h"
 #include "common/checks.h"
-#include "lora/lora_checks.h"
+#include "common/results.h"
 
 namespace peftcore {
 namespace {
@@ -33,21 +34,6 @@ namespace {
 // Output rows of dW' per band, a multiple of r.
 int64_t band_rows(int64_t band_elements, int64_t in, int64_t r) {
   return std::max<int64_t>(1, band_elements / std::max<int64_t>(in, 1) / r) * r;
-}
-
-struct BatDims {
-  int64_t rows, in, out, r;
-};
-
-BatDims check_bat(const char* op, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& block) {
-  const auto [rows, in, out] = check_linear_input(op, x, weight);
-  check_dim(op, "block", block, 3);
-  const int64_t r = block.size(-1);
-  TORCH_CHECK(r > 0 && in % r == 0 && out % r == 0, op, ": the bat form needs in_features (", in,
-              ") and out_features (", out, ") divisible by the block size r=", r);
-  check_shape(op, "block", block, {out / r, r, r}, "[out_features / r, r, r]");
-  check_same_dtype_device(op, "block", block, "x", x);
-  return BatDims{rows, in, out, r};
 }
 
 // W'_ij = W_ij (I + b_i) + b_i, as [out, in].
@@ -69,7 +55,7 @@ at::Tensor bone_bat_weight(const at::Tensor& weight, const at::Tensor& block) {
 
 at::Tensor bone_bat_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                            const at::Tensor& block) {
-  const BatDims d = check_bat("bone_bat_linear", x, weight, block);
+  const BoneDims d = check_bat("bone_bat_linear", x, weight, block);
   check_linear_bias("bone_bat_linear", bias, d.out, x);
   const at::Tensor w = bat_weight_impl(weight, block);
   const at::Tensor x2 = x.reshape({d.rows, d.in});
@@ -80,13 +66,12 @@ at::Tensor bone_bat_linear(const at::Tensor& x, const at::Tensor& weight, const 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bone_bat_linear_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& block,
     std::array<bool, 4> output_mask, int64_t band_elements) {
-  const BatDims d = check_bat("bone_bat_linear_backward", x, weight, block);
+  const BoneDims d = check_bat("bone_bat_linear_backward", x, weight, block);
   TORCH_CHECK(band_elements > 0, "bone_bat_linear_backward: band_elements must be positive, got ", band_elements);
   check_shape("bone_bat_linear_backward", "grad_out", grad_out, with_last_dim(x, d.out), "[..., out_features]");
   const at::Tensor g = grad_out.reshape({d.rows, d.out});
   const at::Tensor x2 = x.reshape({d.rows, d.in});
-  const auto empty = [&] { return at::empty({0}, x.options()); };
-  at::Tensor grad_x = empty(), grad_w = empty(), grad_b = empty(), grad_block = empty();
+  at::Tensor grad_x = empty_grad(x), grad_w = empty_grad(x), grad_b = empty_grad(x), grad_block = empty_grad(x);
   if (output_mask[0]) grad_x = at::mm(g, bat_weight_impl(weight, block)).view(x.sizes());
   if (output_mask[1]) {  // only when the base weight itself trains: dW_ij = dW'_ij (I + b_i)^T
     const int64_t r = d.r, ob = d.out / r;

@@ -12,27 +12,14 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include "bone/bone_checks.h"
 #include "common/checks.h"
-#include "common/tn_product.h"
-#include "lora/lora_checks.h"
-#include "lora/lora_compose.h"
+#include "common/results.h"
+#include "lowrank/tn_product.h"
+#include "lowrank/lowrank.h"
 
 namespace peftcore {
 namespace {
-
-struct BoneDims {
-  int64_t rows, in, out, r;
-};
-
-BoneDims check_bone(const char* op, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& up,
-                    int64_t r) {
-  const auto [rows, in, out] = check_linear_input(op, x, weight);
-  TORCH_CHECK(r >= 1 && r <= in, op, ": r must be in [1, in_features=", in, "], got ", r);
-  check_dim(op, "up", up, 2);
-  check_shape(op, "up", up, {out, r}, "[out_features, r]");
-  check_same_dtype_device(op, "up", up, "x", x);
-  return BoneDims{rows, in, out, r};
-}
 
 // h[n, j] = sum over the blocks k of x[n, k r + j] (zero past in): [N, r].
 at::Tensor block_sum(const at::Tensor& x2, int64_t r) {
@@ -69,7 +56,7 @@ at::Tensor merged_weight(const at::Tensor& weight, const at::Tensor& up, int64_t
   return w;
 }
 
-// As lora_linear's merged-weight path (lora_compose.h): W + up S rounds once, below
+// As lora_linear's merged-weight path (lora/lora_linear.cpp): W + up S rounds once, below
 // the GEMM's own rounding in float32/float64, and the out x in pass replaces the
 // accumulate into y and, in backward, G up plus the add into every block of dx.
 // Factor 2: bone's unmerged path also runs an N x r x out GEMM for the output and one
@@ -97,8 +84,7 @@ std::tuple<at::Tensor, at::Tensor> bone_linear(const at::Tensor& x, const at::Te
     y = has_bias ? at::addmm(*bias, hidden, up.t()) : at::mm(hidden, up.t());
     y.addmm_(x2, weight.t());
   }
-  if (!y.is_contiguous()) y = y.contiguous();
-  return {y.view(with_last_dim(x, d.out)), hidden};
+  return {contiguous_result(y).view(with_last_dim(x, d.out)), hidden};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bone_linear_backward(
@@ -109,8 +95,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bone_linear_backward(
   check_shape("bone_linear_backward", "hidden", hidden, {d.rows, r}, "[N, r]");
   const at::Tensor g = grad_out.reshape({d.rows, d.out});
   const at::Tensor x2 = x.reshape({d.rows, d.in});
-  const auto empty = [&] { return at::empty({0}, x.options()); };
-  at::Tensor grad_x = empty(), grad_w = empty(), grad_b = empty(), grad_up = empty();
+  at::Tensor grad_x = empty_grad(x), grad_w = empty_grad(x), grad_b = empty_grad(x), grad_up = empty_grad(x);
   if (output_mask[0]) {
     if (use_merged_weight(d, x)) {
       grad_x = at::mm(g, merged_weight(weight, up, r));
@@ -124,8 +109,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bone_linear_backward(
   if (output_mask[1]) grad_w = at::mm(g.t(), x2);
   if (output_mask[2]) grad_b = at::sum(g, {0});
   if (output_mask[3]) {
-    // [out, r] = G^T hidden. On the CPU as hidden^T G in row slabs (common/tn_product):
-    // 3.78 vs 4.24 ms for MKL's whole G^T hidden at N=4096, out=1024, r=64, fp32.
+    // [out, r] = G^T hidden. On the CPU as hidden^T G in row slabs (lowrank/tn_product.h),
+    // which ran faster than MKL's whole G^T hidden at N=4096, out=1024, r=64.
     if (x.is_cpu()) {
       grad_up = tn_product(hidden, g, at::toOpMathType(x.scalar_type())).t().contiguous().to(x.scalar_type());
     } else {

@@ -68,4 +68,10 @@ void check_dropout_seed(std::string_view op, double p, const std::optional<at::T
               " but the inputs are on ", device);
 }
 
+std::vector<int64_t> with_last_dim(const at::Tensor& x, int64_t last) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = last;
+  return shape;
+}
+
 }  // namespace peftcore

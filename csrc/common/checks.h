@@ -7,6 +7,7 @@
 
 #include <optional>
 #include <string_view>
+#include <vector>
 
 namespace peftcore {
 
@@ -34,6 +35,9 @@ LinearDims check_linear_input(std::string_view op, const at::Tensor& x, const at
 // An optional bias of a linear layer: absent, or [out] with x's dtype and device.
 void check_linear_bias(std::string_view op, const std::optional<at::Tensor>& bias, int64_t out,
                        const at::Tensor& x);
+
+// Shape of a linear layer's output: x's leading dimensions followed by `last`.
+std::vector<int64_t> with_last_dim(const at::Tensor& x, int64_t last);
 
 // A dropout probability in [0, 1).
 void check_dropout_p(std::string_view op, double p);

@@ -1,7 +1,6 @@
 #include "hydra/hydra_checks.h"
 
 #include "common/checks.h"
-#include "lora/lora_checks.h"
 
 namespace peftcore {
 namespace {

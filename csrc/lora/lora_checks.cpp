@@ -2,7 +2,6 @@
 
 #include "common/checks.h"
 
-
 namespace peftcore {
 namespace {
 
@@ -49,12 +48,6 @@ LoraDims check_lora_backward(const at::Tensor& grad_out, const at::Tensor& x,
   check_shape(kBwd, "lora_hidden", lora_hidden, {d.rows, d.rank}, "[N, r]");
   check_same_dtype_device(kBwd, "lora_hidden", lora_hidden, "x", x);
   return d;
-}
-
-std::vector<int64_t> with_last_dim(const at::Tensor& x, int64_t last) {
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = last;
-  return shape;
 }
 
 }  // namespace peftcore

@@ -24,7 +24,4 @@ LoraDims check_lora_backward(const at::Tensor& grad_out, const at::Tensor& x,
                              const at::Tensor& lora_B, const at::Tensor& lora_hidden,
                              double dropout_p, const std::optional<at::Tensor>& dropout_seed);
 
-// Shape of the output: x's leading dimensions followed by `last`.
-std::vector<int64_t> with_last_dim(const at::Tensor& x, int64_t last);
-
 }  // namespace peftcore

@@ -135,8 +135,10 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) partial[meta.block_global_chunk[blockIdx.x]] = acc;
 }
 
-// totals[r][tensor] = Σ_chunks partial[r][chunk], for `rows` rows of partials.
-__global__ void chunk_totals_kernel(const double* partial, int64_t total_chunks, double* totals,
+// totals[r][tensor] = Σ_chunks partial[r][chunk], for `rows` rows of partials. Static:
+// every optimizer .cu launches it, and a non-template kernel in a header would be
+// defined once per file.
+static __global__ void chunk_totals_kernel(const double* partial, int64_t total_chunks, double* totals,
                                     int64_t n_tensors, int rows, TotalsMeta meta) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= meta.count) return;

@@ -1,13 +1,10 @@
 // Runs peftcore's CUDA kernels on the host, so that CI (no GPU) exercises their index
 // math, tiling, masking and bounds: each block's threads are std::threads, with
-// barriers for __syncthreads and __syncwarp; a WMMA fragment is the whole 16 x 16
-// tile held by every lane (load / mma / store are warp-collective, so every lane
-// computes the same tile); the 16-bit types are bit containers with
-// round-to-nearest-even conversions. The documented WMMA preconditions (256-bit
-// aligned pointers, ldm a multiple of 16 bytes) are asserted. Only what peftcore's
-// kernels use is emulated (full-warp __shfl_down_sync, no atomics).
+// barriers for __syncthreads and __syncwarp; the 16-bit types are bit containers with
+// round-to-nearest-even conversions. Only what peftcore's kernels use is emulated
+// (full-warp __shfl_down_sync, no atomics, no tensor-core fragments).
 // Include this before any peftcore kernel header: it stands in for <cuda_runtime.h>,
-// <cuda_bf16.h>, <cuda_fp16.h> and <mma.h>, which the kernel headers then skip.
+// <cuda_bf16.h> and <cuda_fp16.h>, which the kernel headers then skip.
 #pragma once
 
 #include <array>
@@ -147,64 +144,3 @@ inline float emu_to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 inline float emu_to_float(__half v) { return __half2float(v); }
 inline float emu_to_float(float v) { return v; }
 
-namespace nvcuda::wmma {
-struct matrix_a {};
-struct matrix_b {};
-struct accumulator {};
-struct row_major {};
-struct col_major {};
-enum layout_t { mem_row_major, mem_col_major };
-
-template <typename Use, int M, int N, int K, typename T, typename Layout = void>
-struct fragment {
-  static_assert(M == 16 && N == 16 && K == 16, "m16n16k16 only");
-  T x[256];  // element (i, j) at x[16 i + j]
-};
-
-inline void check_pointer(const void* p, unsigned ldm, size_t elem) {
-  if (reinterpret_cast<uintptr_t>(p) % 32 != 0) throw std::logic_error("WMMA pointer not 256-bit aligned");
-  if ((ldm * elem) % 16 != 0) throw std::logic_error("WMMA ldm not a multiple of 16 bytes");
-}
-
-template <typename Use, typename T, typename Layout>
-void fill_fragment(fragment<Use, 16, 16, 16, T, Layout>& f, float v) {
-  for (auto& e : f.x) e = v;
-}
-
-template <typename Use, typename T, typename Layout>
-void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const T* p, unsigned ldm) {
-  static_assert(std::is_same_v<Layout, row_major> || std::is_same_v<Layout, col_major>);
-  check_pointer(p, ldm, sizeof(T));
-  for (int i = 0; i < 16; ++i) {
-    for (int j = 0; j < 16; ++j) {
-      f.x[16 * i + j] = std::is_same_v<Layout, row_major> ? p[i * ldm + j] : p[i + j * ldm];
-    }
-  }
-}
-
-template <typename T, typename La, typename Lb>
-void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, T, La>& a,
-              const fragment<matrix_b, 16, 16, 16, T, Lb>& b, const fragment<accumulator, 16, 16, 16, float>& c) {
-  fragment<accumulator, 16, 16, 16, float> out;
-  for (int i = 0; i < 16; ++i) {
-    for (int j = 0; j < 16; ++j) {
-      float s = c.x[16 * i + j];
-      for (int k = 0; k < 16; ++k) s += emu_to_float(a.x[16 * i + k]) * emu_to_float(b.x[16 * k + j]);
-      out.x[16 * i + j] = s;
-    }
-  }
-  d = out;
-}
-
-// Each lane writes its share of the (identical) tile. Like the hardware, no implicit
-// synchronisation: a kernel that reads another lane's part must __syncwarp itself.
-inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm,
-                              layout_t layout) {
-  check_pointer(p, ldm, sizeof(float));
-  const unsigned lane = threadIdx.x % 32;
-  for (int e = lane; e < 256; e += 32) {
-    const int i = e / 16, j = e % 16;
-    p[layout == mem_row_major ? i * ldm + j : i + j * ldm] = f.x[e];
-  }
-}
-}  // namespace nvcuda::wmma

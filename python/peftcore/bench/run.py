@@ -20,9 +20,7 @@ from .common import machine_name, measure_limits, write_results
 from .plots import plot_family
 
 FAMILIES = {"lora": "bench_lora", "adapters": "bench_adapters", "optim": "bench_optim", "sparse": "bench_sparse",
-            "masked": "bench_masked", "select": "bench_select", "lora_paths": "bench_lora_paths"}
-# Families that only measure CUDA code: left out of the default list on the CPU.
-CUDA_ONLY = {"lora_paths"}
+            "masked": "bench_masked", "select": "bench_select"}
 # Op names that the issue tracker and users use, mapped to the family that measures them.
 ALIASES = {"hydra": "adapters", "bone": "adapters", "lamb": "optim", "lars": "optim"}
 
@@ -40,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small CPU smoke set (< 2 minutes)")
     parser.add_argument("--ops", default=None,
                         help="comma-separated: lora, adapters (= hydra, bone), optim (= lamb, lars), sparse, masked, "
-                             "select, lora_paths (CUDA only); default: all that the device runs")
+                             "select; default: all")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: fp32 on CPU, bf16 on GPU)")
     parser.add_argument("--out", type=Path, default=None,
@@ -53,13 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     common.ROUNDS_SCALE = args.repeat
 
     device = torch.device(args.device)
-    ops = args.ops or ",".join(f for f in FAMILIES if device.type == "cuda" or f not in CUDA_ONLY)
+    ops = args.ops or ",".join(FAMILIES)
     families = list(dict.fromkeys(ALIASES.get(f, f) for f in ops.split(",")))  # in order, once each
     for family in families:
         if family not in FAMILIES:
             parser.error(f"unknown family {family!r}; choose from {sorted(FAMILIES) + sorted(ALIASES)}")
-        if family in CUDA_ONLY and device.type != "cuda":
-            parser.error(f"{family} measures CUDA code only; use --device cuda")
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float32 if device.type == "cpu" else torch.bfloat16)
     limits = measure_limits(device, [dtype], args.quick)
     print(f"{machine_name(device)}: copy {limits.bandwidth_gbs:.1f} GB/s, matmul {limits.matmul_tflops}")
