@@ -1,4 +1,4 @@
-"""torch.ops.peftcore.hydra_linear and peftcore.HydraLinear against reference.py."""
+"""torch.ops.peftcore.hydra_linear and peftcore.HydraLinear against peftcore.reference.hydra."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""torch.ops.peftcore.lora_linear: parity with reference.py, opcheck, gradcheck, errors."""
+"""torch.ops.peftcore.lora_linear: parity with peftcore.reference.lora, opcheck, gradcheck, errors."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""peftcore.optim.Lamb / Lars: parity with timm and reference.py, edge cases, AMP, state_dict."""
+"""peftcore.optim.Lamb / Lars: parity with timm and peftcore.reference.optim, edge cases, AMP, state_dict."""
 
 import copy
 import math

@@ -1,5 +1,5 @@
 """CUDA multi-tensor optimizer kernels against the CPU ops (which test_optim.py checks
-against timm and reference.py): launch packing, multi-chunk tensors, dtypes, no host sync."""
+against timm and peftcore.reference.optim): launch packing, multi-chunk tensors, dtypes, no host sync."""
 
 import copy
 import math

@@ -23,10 +23,9 @@ struct BoneFunction : public torch::autograd::Function<BoneFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = find_op<BoneLinearBackwardSig>(kBoneLinearBackward);
-    const variable_list s = ctx->get_saved_variables();
-    const auto mask = mask_of<4>(ctx);
-    BackwardDispatch dispatch;
-    return masked_grads(op.call(grads[0], s[0], s[1], s[2], s[3], ctx->saved_data["r"].toInt(), mask), mask, 1);
+    return backward_of<4>(ctx, 1, [&](const variable_list& s, const std::array<bool, 4>& mask) {
+      return op.call(grads[0], s[0], s[1], s[2], s[3], ctx->saved_data["r"].toInt(), mask);
+    });
   }
 
   static std::tuple<at::Tensor, at::Tensor> unpack(const variable_list& v) { return {v[0], v[1]}; }
@@ -48,10 +47,9 @@ struct BatFunction : public torch::autograd::Function<BatFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = find_op<BoneBatLinearBackwardSig>(kBoneBatLinearBackward);
-    const variable_list s = ctx->get_saved_variables();
-    const auto mask = mask_of<4>(ctx);
-    BackwardDispatch dispatch;
-    return masked_grads(op.call(grads[0], s[0], s[1], s[2], mask, kBatBandElements), mask, 0);
+    return backward_of<4>(ctx, 0, [&](const variable_list& s, const std::array<bool, 4>& mask) {
+      return op.call(grads[0], s[0], s[1], s[2], mask, kBatBandElements);
+    });
   }
 
   static at::Tensor unpack(const variable_list& v) { return v[0]; }

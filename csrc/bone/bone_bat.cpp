@@ -8,9 +8,8 @@
 // in weight gradient that HF PEFT's autograd materialises is formed whole only when
 // it is small. Band: up to 16M elements of dW' (the op's band_elements) on every
 // device. Larger bands run faster (each band's contraction is a batch of r x r
-// products with a long inner dimension; on an H200 512-row bands left bat at
-// 0.80-0.96x HF PEFT's speed, on this project's CPU they cost 1-2% against whole
-// ones), and the bound keeps the temporary below what PEFT holds at the same point
+// products with a long inner dimension: narrow bands left bat behind HF PEFT on an
+// H200), and the bound keeps the temporary below what PEFT holds at the same point
 // (its saved W' plus the whole dW').
 #include <ATen/OpMathType.h>
 #include <ATen/ops/addmm.h>

@@ -6,6 +6,8 @@
 #include "bone/bone_schema.h"
 #include "common/autocast.h"
 
+using namespace peftcore;  // op names, signatures, impl_autocast
+
 TORCH_LIBRARY_FRAGMENT(peftcore, m) {
   // MiSS bone / mini without dropout: y = x W^T + bias + blocksum_r(x) up^T, where
   // blocksum_r adds the r-wide column blocks of x (the last one zero-padded) and up
@@ -31,8 +33,6 @@ TORCH_LIBRARY_FRAGMENT(peftcore, m) {
   m.def("bone_bat_weight(Tensor weight, Tensor block) -> Tensor");
 }
 
-namespace peftcore {
-
 TORCH_LIBRARY_IMPL(peftcore, AutocastCPU, m) {
   impl_autocast<kCPU, kBoneLinear, BoneLinearSig>(m);
   impl_autocast<kCPU, kBoneBatLinear, BoneBatLinearSig>(m);
@@ -41,5 +41,3 @@ TORCH_LIBRARY_IMPL(peftcore, AutocastCUDA, m) {
   impl_autocast<kCUDA, kBoneLinear, BoneLinearSig>(m);
   impl_autocast<kCUDA, kBoneBatLinear, BoneBatLinearSig>(m);
 }
-
-}  // namespace peftcore

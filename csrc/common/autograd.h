@@ -76,6 +76,17 @@ variable_list masked_grads(Tuple&& grads, const std::array<bool, N>& mask, size_
   return out;
 }
 
+// A Function's backward: calls `call(saved, mask)` (the backward op on the saved
+// tensors, asking for the gradients in mask) and returns its gradients as autograd
+// wants them, `trailing` undefined ones for the non-differentiable arguments after.
+template <size_t N, typename Call>
+variable_list backward_of(AutogradContext* ctx, size_t trailing, const Call& call) {
+  const variable_list saved = ctx->get_saved_variables();
+  const auto mask = mask_of<N>(ctx);
+  BackwardDispatch dispatch;
+  return masked_grads(call(saved, mask), mask, trailing);
+}
+
 // The forward op called below autograd (inside a Function's forward).
 template <typename Sig, typename... Args>
 auto call_below_autograd(const c10::TypedOperatorHandle<Sig>& op, const Args&... args) {

@@ -28,14 +28,12 @@ struct HydraFunction : public torch::autograd::Function<HydraFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = find_op<HydraLinearBackwardSig>(kHydraLinearBackward);
-    const variable_list s = ctx->get_saved_variables();
-    const auto mask = mask_of<7>(ctx);
-    BackwardDispatch dispatch;
-    return masked_grads(op.call(grads[0], s[0], s[1], optional_of(s[2]), s[3], optional_of(s[4]), optional_of(s[5]),
-                                optional_of(s[6]), optional_of(s[7]), s[8], s[9], ctx->saved_data["scale_p"].toDouble(),
-                                ctx->saved_data["scale_s"].toDouble(), ctx->saved_data["dropout_p"].toDouble(),
-                                optional_of(s[10]), mask),
-                        mask, 4);
+    return backward_of<7>(ctx, 4, [&](const variable_list& s, const std::array<bool, 7>& mask) {
+      return op.call(grads[0], s[0], s[1], optional_of(s[2]), s[3], optional_of(s[4]), optional_of(s[5]),
+                     optional_of(s[6]), optional_of(s[7]), s[8], s[9], ctx->saved_data["scale_p"].toDouble(),
+                     ctx->saved_data["scale_s"].toDouble(), ctx->saved_data["dropout_p"].toDouble(),
+                     optional_of(s[10]), mask);
+    });
   }
 
   static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> unpack(const variable_list& v) {

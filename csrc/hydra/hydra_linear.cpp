@@ -162,7 +162,7 @@ HydraBackward backward_no_dropout(const HydraDims& d, const at::Tensor& g, const
   const bool need_db = mask[4] || mask[6];
   at::Tensor t, q, db;  // T [N, r_p + r_s], Q = T^T x [r_p + r_s, in], dB [out, r_p + r_s]
   if (need_t && row_block_grads_fit(x)) {
-    // One pass over G for T and dB (common/tn_product.h), Q from the same row blocks.
+    // One pass over G for T and dB (lowrank/tn_product.h), Q from the same row blocks.
     t = at::empty({d.rows, rp + rs}, g.options());
     at::Tensor q_acc = need_q ? at::zeros({rp + rs, d.in}, g.options()) : at::Tensor();
     at::Tensor db_acc = need_db ? at::zeros({rp + rs, d.out}, g.options()) : at::Tensor();
@@ -212,12 +212,12 @@ HydraBackward backward_no_dropout(const HydraDims& d, const at::Tensor& g, const
   return {grad_x, grad_w, grad_b, grad_ap, grad_bp, grad_as, grad_bs};
 }
 
-HydraForward hydra_forward(const LowRankOps& ops, const at::Tensor& x, const at::Tensor& weight,
-                           const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& A_p,
-                           const std::optional<at::Tensor>& B_p, const std::optional<at::Tensor>& A_s,
-                           const std::optional<at::Tensor>& B_s, double scale_p, double scale_s,
-                           double dropout_p, const std::optional<at::Tensor>& dropout_seed) {
+HydraForward hydra_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                          const std::optional<at::Tensor>& A_p, const std::optional<at::Tensor>& B_p,
+                          const std::optional<at::Tensor>& A_s, const std::optional<at::Tensor>& B_s, double scale_p,
+                          double scale_s, double dropout_p, const std::optional<at::Tensor>& dropout_seed) {
   const HydraDims d = check_hydra_forward(x, weight, bias, A_p, B_p, A_s, B_s, dropout_p, dropout_seed);
+  const LowRankOps& ops = lowrank_ops(x.device());
   const c10::OptionalDeviceGuard guard(x.device());
   if (dropout_p == 0.0 && merged_weight_pays(d.rows, d.in, d.out, x.scalar_type(), kHydraMergeFactor)) {
     return forward_merged(d, x, weight, bias, A_p, B_p, A_s, B_s, scale_p, scale_s);
@@ -241,15 +241,16 @@ HydraForward hydra_forward(const LowRankOps& ops, const at::Tensor& x, const at:
   return {y.view(with_last_dim(x, d.out)), h, hidden_p, hidden_s};
 }
 
-HydraBackward hydra_backward(const LowRankOps& ops, const at::Tensor& grad_out, const at::Tensor& x,
-                             const at::Tensor& weight, const std::optional<at::Tensor>& bias, const at::Tensor& h,
-                             const std::optional<at::Tensor>& A_p, const std::optional<at::Tensor>& B_p,
-                             const std::optional<at::Tensor>& A_s, const std::optional<at::Tensor>& B_s,
-                             const at::Tensor& hidden_p, const at::Tensor& hidden_s, double scale_p,
-                             double scale_s, double dropout_p,
-                             const std::optional<at::Tensor>& dropout_seed, std::array<bool, 7> output_mask) {
+HydraBackward hydra_linear_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                                    const std::optional<at::Tensor>& bias, const at::Tensor& h,
+                                    const std::optional<at::Tensor>& A_p, const std::optional<at::Tensor>& B_p,
+                                    const std::optional<at::Tensor>& A_s, const std::optional<at::Tensor>& B_s,
+                                    const at::Tensor& hidden_p, const at::Tensor& hidden_s, double scale_p,
+                                    double scale_s, double dropout_p, const std::optional<at::Tensor>& dropout_seed,
+                                    std::array<bool, 7> output_mask) {
   const HydraDims d = check_hydra_backward(grad_out, x, weight, h, A_p, B_p, A_s, B_s, hidden_p, hidden_s,
                                            dropout_p, dropout_seed);
+  const LowRankOps& ops = lowrank_ops(x.device());
   const c10::OptionalDeviceGuard guard(x.device());
   const at::Tensor g = grad_out.reshape({d.rows, d.out}).contiguous();
   if (dropout_p == 0.0) {
@@ -291,37 +292,13 @@ HydraBackward hydra_backward(const LowRankOps& ops, const at::Tensor& grad_out, 
   };
 }
 
-template <const LowRankOps& Ops>
-HydraForward hydra_linear_kernel(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                                 const std::optional<at::Tensor>& A_p, const std::optional<at::Tensor>& B_p,
-                                 const std::optional<at::Tensor>& A_s, const std::optional<at::Tensor>& B_s,
-                                 double scale_p, double scale_s, double dropout_p,
-                                 const std::optional<at::Tensor>& dropout_seed) {
-  return hydra_forward(Ops, x, weight, bias, A_p, B_p, A_s, B_s, scale_p, scale_s, dropout_p, dropout_seed);
-}
-
-template <const LowRankOps& Ops>
-HydraBackward hydra_linear_backward_kernel(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-    const at::Tensor& h, const std::optional<at::Tensor>& A_p, const std::optional<at::Tensor>& B_p,
-    const std::optional<at::Tensor>& A_s, const std::optional<at::Tensor>& B_s, const at::Tensor& hidden_p,
-    const at::Tensor& hidden_s, double scale_p, double scale_s, double dropout_p,
-    const std::optional<at::Tensor>& dropout_seed, std::array<bool, 7> output_mask) {
-  return hydra_backward(Ops, grad_out, x, weight, bias, h, A_p, B_p, A_s, B_s, hidden_p, hidden_s, scale_p, scale_s,
-                        dropout_p, dropout_seed, output_mask);
-}
-
-template <const LowRankOps& Ops, typename Library>
-void register_hydra_kernels(Library& m) {
-  m.impl("hydra_linear", &hydra_linear_kernel<Ops>);
-  m.impl("hydra_linear_backward", &hydra_linear_backward_kernel<Ops>);
+void impl_hydra(torch::Library& m) {
+  m.impl("hydra_linear", &hydra_linear);
+  m.impl("hydra_linear_backward", &hydra_linear_backward);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(peftcore, CPU, m) { register_hydra_kernels<kLowRankCpu>(m); }
-#if PEFTCORE_WITH_CUDA
-TORCH_LIBRARY_IMPL(peftcore, CUDA, m) { register_hydra_kernels<kLowRankCuda>(m); }
-#endif
+PEFTCORE_LOWRANK_IMPL(impl_hydra)
 
 }  // namespace peftcore

@@ -6,6 +6,8 @@
 #include "common/autocast.h"
 #include "hydra/hydra_schema.h"
 
+using namespace peftcore;  // op names, signatures, impl_autocast
+
 TORCH_LIBRARY_FRAGMENT(peftcore, m) {
   // Hydra: h = x W^T + b; y = h + s_p (drop(x) A_p^T) B_p^T + s_s (drop(h) A_s^T) B_s^T.
   // Either branch may be absent (its A and B None). Saved for backward: x, h and
@@ -27,9 +29,5 @@ TORCH_LIBRARY_FRAGMENT(peftcore, m) {
       "Tensor grad_B_s)");
 }
 
-namespace peftcore {
-
 TORCH_LIBRARY_IMPL(peftcore, AutocastCPU, m) { impl_autocast<kCPU, kHydraLinear, HydraLinearSig>(m); }
 TORCH_LIBRARY_IMPL(peftcore, AutocastCUDA, m) { impl_autocast<kCUDA, kHydraLinear, HydraLinearSig>(m); }
-
-}  // namespace peftcore

@@ -26,12 +26,10 @@ struct LoraFunction : public torch::autograd::Function<LoraFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = find_op<LoraLinearBackwardSig>(kLoraLinearBackward);
-    const variable_list s = ctx->get_saved_variables();
-    const auto mask = mask_of<5>(ctx);
-    BackwardDispatch dispatch;
-    return masked_grads(op.call(grads[0], s[0], s[1], s[2], s[3], s[4], ctx->saved_data["scaling"].toDouble(),
-                                ctx->saved_data["dropout_p"].toDouble(), optional_of(s[5]), mask),
-                        mask, 3);
+    return backward_of<5>(ctx, 3, [&](const variable_list& s, const std::array<bool, 5>& mask) {
+      return op.call(grads[0], s[0], s[1], s[2], s[3], s[4], ctx->saved_data["scaling"].toDouble(),
+                     ctx->saved_data["dropout_p"].toDouble(), optional_of(s[5]), mask);
+    });
   }
 
   static std::tuple<at::Tensor, at::Tensor> unpack(const variable_list& v) { return {v[0], v[1]}; }

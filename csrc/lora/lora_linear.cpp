@@ -60,14 +60,12 @@ bool large_gemm_first(const at::Tensor& x) {
   return x.is_cpu() && (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf);
 }
 
-std::tuple<at::Tensor, at::Tensor> lora_forward(const LowRankOps& ops, const at::Tensor& x,
-                                                const at::Tensor& weight,
-                                                const std::optional<at::Tensor>& bias,
-                                                const at::Tensor& lora_A,
-                                                const at::Tensor& lora_B, double scaling,
-                                                double dropout_p,
-                                                const std::optional<at::Tensor>& dropout_seed) {
+std::tuple<at::Tensor, at::Tensor> lora_linear(const at::Tensor& x, const at::Tensor& weight,
+                                               const std::optional<at::Tensor>& bias, const at::Tensor& lora_A,
+                                               const at::Tensor& lora_B, double scaling, double dropout_p,
+                                               const std::optional<at::Tensor>& dropout_seed) {
   const LoraDims d = check_lora_forward(x, weight, bias, lora_A, lora_B, dropout_p, dropout_seed);
+  const LowRankOps& ops = lowrank_ops(x.device());
   const c10::OptionalDeviceGuard guard(x.device());
   const auto spec = dropout_spec(dropout_p, dropout_seed);
   const at::Tensor x2 = x.reshape({d.rows, d.in});
@@ -88,13 +86,12 @@ std::tuple<at::Tensor, at::Tensor> lora_forward(const LowRankOps& ops, const at:
   return {contiguous_result(y).view(with_last_dim(x, d.out)), hidden};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_backward(
-    const LowRankOps& ops, const at::Tensor& grad_out, const at::Tensor& x,
-    const at::Tensor& weight, const at::Tensor& lora_A, const at::Tensor& lora_B,
-    const at::Tensor& lora_hidden, double scaling, double dropout_p,
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_linear_backward(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& lora_A,
+    const at::Tensor& lora_B, const at::Tensor& lora_hidden, double scaling, double dropout_p,
     const std::optional<at::Tensor>& dropout_seed, std::array<bool, 5> output_mask) {
-  const LoraDims d = check_lora_backward(grad_out, x, weight, lora_A, lora_B, lora_hidden,
-                                         dropout_p, dropout_seed);
+  const LoraDims d = check_lora_backward(grad_out, x, weight, lora_A, lora_B, lora_hidden, dropout_p, dropout_seed);
+  const LowRankOps& ops = lowrank_ops(x.device());
   const c10::OptionalDeviceGuard guard(x.device());
   const auto spec = dropout_spec(dropout_p, dropout_seed);
   const at::Tensor g2 = grad_out.reshape({d.rows, d.out});
@@ -127,34 +124,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_back
   };
 }
 
-template <const LowRankOps& Ops>
-std::tuple<at::Tensor, at::Tensor> lora_linear_kernel(const at::Tensor& x, const at::Tensor& weight,
-                                                      const std::optional<at::Tensor>& bias, const at::Tensor& lora_A,
-                                                      const at::Tensor& lora_B, double scaling, double dropout_p,
-                                                      const std::optional<at::Tensor>& dropout_seed) {
-  return lora_forward(Ops, x, weight, bias, lora_A, lora_B, scaling, dropout_p, dropout_seed);
-}
-
-template <const LowRankOps& Ops>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lora_linear_backward_kernel(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& lora_A,
-    const at::Tensor& lora_B, const at::Tensor& lora_hidden, double scaling, double dropout_p,
-    const std::optional<at::Tensor>& dropout_seed, std::array<bool, 5> output_mask) {
-  return lora_backward(Ops, grad_out, x, weight, lora_A, lora_B, lora_hidden, scaling, dropout_p, dropout_seed,
-                       output_mask);
-}
-
-template <const LowRankOps& Ops, typename Library>
-void register_lora_kernels(Library& m) {
-  m.impl("lora_linear", &lora_linear_kernel<Ops>);
-  m.impl("lora_linear_backward", &lora_linear_backward_kernel<Ops>);
+void impl_lora(torch::Library& m) {
+  m.impl("lora_linear", &lora_linear);
+  m.impl("lora_linear_backward", &lora_linear_backward);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(peftcore, CPU, m) { register_lora_kernels<kLowRankCpu>(m); }
-#if PEFTCORE_WITH_CUDA
-TORCH_LIBRARY_IMPL(peftcore, CUDA, m) { register_lora_kernels<kLowRankCuda>(m); }
-#endif
+PEFTCORE_LOWRANK_IMPL(impl_lora)
 
 }  // namespace peftcore

@@ -6,6 +6,8 @@
 #include "common/autocast.h"
 #include "lora/lora_schema.h"
 
+using namespace peftcore;  // op names, signatures, impl_autocast
+
 TORCH_LIBRARY_FRAGMENT(peftcore, m) {
   // y = x W^T + b + scaling * (dropout(x) A^T) B^T, plus the saved N x r
   // lora_hidden = scaling / (1 - p) * (mask ∘ x) A^T that backward reuses.
@@ -21,9 +23,5 @@ TORCH_LIBRARY_FRAGMENT(peftcore, m) {
       "Tensor grad_A, Tensor grad_B)");
 }
 
-namespace peftcore {
-
 TORCH_LIBRARY_IMPL(peftcore, AutocastCPU, m) { impl_autocast<kCPU, kLoraLinear, LoraLinearSig>(m); }
 TORCH_LIBRARY_IMPL(peftcore, AutocastCUDA, m) { impl_autocast<kCUDA, kLoraLinear, LoraLinearSig>(m); }
-
-}  // namespace peftcore

@@ -48,11 +48,22 @@ struct LowRankOps {
                            at::Tensor* grad_x, bool want_A, bool want_B);
 };
 
-// The backends. A family registers its kernels once per backend with the matching
-// table (see lora/lora_linear.cpp).
+// The backends' tables, and the one for a device (CPU, or CUDA when built with it).
+// A family registers its kernels for every backend the engine has
+// (PEFTCORE_LOWRANK_IMPL below) and takes the passes of its input's device.
 extern const LowRankOps kLowRankCpu;
 #if PEFTCORE_WITH_CUDA
 extern const LowRankOps kLowRankCuda;
+#endif
+const LowRankOps& lowrank_ops(const at::Device& device);
+
+// TORCH_LIBRARY_IMPL blocks for every backend of the engine, each calling `impl(m)`.
+#if PEFTCORE_WITH_CUDA
+#define PEFTCORE_LOWRANK_IMPL(impl)                            \
+  TORCH_LIBRARY_IMPL(peftcore, CPU, m) { impl(m); }            \
+  TORCH_LIBRARY_IMPL(peftcore, CUDA, m) { impl(m); }
+#else
+#define PEFTCORE_LOWRANK_IMPL(impl) TORCH_LIBRARY_IMPL(peftcore, CPU, m) { impl(m); }
 #endif
 
 // Whether an adapter whose delta folds into the weight runs as single GEMMs with the

@@ -4,9 +4,9 @@
 //   skinny_nt_: out [rows, r] = scale * a bt    (hidden = x A^T, T = G B)
 // float32 operands whose rows are contiguous go to hand-written AVX-512 kernels
 // where the CPU has AVX-512F: the tall operand is read in its own row order with no
-// packing, the accumulators stay in registers. MKL ran these shapes at 42-72 GFLOP/s
-// per thread in the LoRA backward here against 90 for its large GEMMs (N=4096,
-// 1024^2, r=16, 2 cores). Everything else falls back to MKL through ATen.
+// packing, the accumulators stay in registers. MKL runs these shapes well below its
+// large-GEMM rate (it packs the tall operand for a result of only r columns).
+// Everything else falls back to MKL through ATen.
 #pragma once
 
 #include <ATen/core/Tensor.h>

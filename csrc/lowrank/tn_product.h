@@ -8,18 +8,16 @@ namespace peftcore {
 
 // a^T b as [p, q] in `out_dtype` (partial sums are added in that dtype). On the CPU,
 // float32 rows go to the AVX-512 outer_acc_ kernel, split across threads
-// (common/skinny_cpu.h); otherwise a long N is cut into row slabs run as one batched
-// GEMM and summed after: with its long inner dimension and small result, MKL ran the
-// product whole at 33-44% of the large GEMM's FLOP rate here (2 cores); in slabs
-// 1.5-1.8x faster (N=4096, r=16).
+// (skinny_cpu.h); otherwise a long N is cut into row slabs run as one batched GEMM and
+// summed after: with its long inner dimension and small result, MKL runs the product
+// whole far below its large-GEMM FLOP rate, and faster in slabs.
 at::Tensor tn_product(const at::Tensor& a, const at::Tensor& b, at::ScalarType out_dtype);
 
 // For tall g [N, C], x [N, K] and hidden [N, r], with b_cols [C, r] contiguous: writes
 // t = scale * g b_cols into t [N, r] and, when given, adds t^T x into acc_x [r, K]
 // and hidden^T g into acc_g [r, C]. The rows go a block at a time on each thread, so
 // each block of g serves t and acc_g while it is in cache: g is read once, not twice
-// (LoRA: N=4096, 1024^2, r=16, fp32, 2 cores: -0.9% of the layer's forward +
-// backward in-process, -1.5% between processes). Partial sums per thread are added
+// (a small but measured gain on the LoRA layer's step). Partial sums per thread are added
 // in thread order (deterministic for a given thread count). CPU, fp32/fp64 (the
 // accumulators share the operands' dtype).
 void row_block_grads(const at::Tensor& g, const at::Tensor& x, const at::Tensor& hidden, const at::Tensor& b_cols,

@@ -96,8 +96,9 @@ __device__ __forceinline__ void block_range(const ListMeta<Depth>& meta, int& t,
 // Visits this thread's elements of [begin, end) in the order of the plain
 // block-stride loop (so per-thread sums are bit-identical to it), kIlp at a time:
 // load(k, i) for all kIlp elements first, then use(k, i). Each thread then keeps
-// kIlp independent loads in flight; one at a time left an H200 at 28-34% of its
-// copy bandwidth on a 1B-parameter LAMB/LARS step. For fixed k the warp's loads
+// kIlp independent loads in flight; with one at a time a large LAMB/LARS step stayed
+// far from the copy bandwidth on an H200 (bench/results/NVIDIA-H200/optim.md has the
+// step's bandwidth as it is). For fixed k the warp's loads
 // stay coalesced, and no alignment is assumed.
 constexpr int kIlp = 4;
 

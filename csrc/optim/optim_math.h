@@ -1,6 +1,6 @@
 // Per-element math of the fused LAMB and LARS steps, shared by the CPU and CUDA
 // kernels (no torch headers). C is the compute type: float, or double for
-// float64 parameters. The formulas follow timm's Lamb / Lars (see reference.py).
+// float64 parameters. The formulas follow timm's Lamb / Lars (python/peftcore/reference/optim.py).
 #pragma once
 
 #include <cmath>

@@ -1,8 +1,8 @@
 // Device code of the CUDA sparse compose / revert (sparse_cuda.cu) and the layout of
 // the int64 table that describes all parameters of one call to a single kernel
 // (pointers, offsets, dtypes): one launch for the whole model, whatever the number
-// of parameters (a launch per parameter measured 2x slower than an index_add_ loop
-// on an H200). Thread t finds its parameter by binary search in the segment starts.
+// of parameters (a launch per parameter lost to a plain index_add_ loop on an
+// H200). Thread t finds its parameter by binary search in the segment starts.
 // No torch headers (Half / BFloat16 are template parameters): tests/emulation runs
 // these kernels on the host.
 #pragma once

@@ -1,4 +1,4 @@
-"""BoneLinear: HF PEFT's MiSS / Bone block adapters ("bone" and "mini" forms)."""
+"""BoneLinear: HF PEFT's MiSS block adapters (forms "bone", "mini" and "bat")."""
 
 from __future__ import annotations
 
@@ -21,7 +21,13 @@ def block_sum_matrix(r: int, in_features: int, dtype, device) -> Tensor:
 
 
 class BoneLinear(nn.Module):
-    """MiSS (Bone) on an existing ``nn.Linear``, in HF PEFT's layout (``miss_block``):
+    """MiSS on an existing ``nn.Linear``, in HF PEFT's layout (``miss_block``).
+
+    Names: the method is MiSS (HF PEFT's ``MissConfig``; it was called Bone before, and
+    PEFT still reads Bone checkpoints). peftcore names the family ``bone`` everywhere
+    in code (``BoneLinear``, ``BoneConfig``, the ``bone_*`` ops, ``csrc/bone/``) and
+    keeps PEFT's names where they are PEFT's format: the parameter ``miss_block`` and
+    the ``init_weights`` values. The three forms:
 
     * ``bone`` (PEFT ``init_weights=True``): ``miss_block [r, out]``, zero-init;
       ``y = base(x) + blocksum_r(pad(drop(x))) @ miss_block``.

@@ -51,7 +51,7 @@ class LoraLinear(nn.Module):
         self.lora_alpha = alpha
         self.use_rslora = use_rslora
         self.scaling = alpha / (math.sqrt(r) if use_rslora else r)
-        self.lora_dropout_p = float(dropout)
+        self.dropout_p = float(dropout)
         factory = {"device": base.weight.device, "dtype": base.weight.dtype}
         self.lora_A = nn.Linear(self.in_features, r, bias=False, **factory)
         self.lora_B = nn.Linear(r, self.out_features, bias=False, **factory)
@@ -89,7 +89,7 @@ class LoraLinear(nn.Module):
     def low_rank(self) -> tuple[Tensor, Tensor, float]:
         """(A, scaling * B, dropout p): the adapter as ``(drop(x) A^T) B'^T``, for fusing
         several adapters of one layer into a single op."""
-        return self.lora_A.weight, self.lora_B.weight * self.scaling, self.lora_dropout_p
+        return self.lora_A.weight, self.lora_B.weight * self.scaling, self.dropout_p
 
     def adapter_delta(self, x: Tensor, base_out: Tensor) -> Tensor:
         """What the adapter adds to ``base(x)`` (plain torch ops)."""
@@ -104,12 +104,12 @@ class LoraLinear(nn.Module):
             # Adapters may be kept in float32 on a 16-bit base: compute in the base's dtype.
             lora_A, lora_B = lora_A.to(weight.dtype), lora_B.to(weight.dtype)
         return ops.lora_linear(
-            x, weight, bias, lora_A, lora_B, self.scaling, self.lora_dropout_p, self.training
+            x, weight, bias, lora_A, lora_B, self.scaling, self.dropout_p, self.training
         )
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, "
-            f"alpha={self.lora_alpha}, dropout={self.lora_dropout_p}, scaling={self.scaling:g}, "
+            f"alpha={self.lora_alpha}, dropout={self.dropout_p}, scaling={self.scaling:g}, "
             f"merged={self.merged}"
         )

@@ -124,7 +124,8 @@ class HydraConfig(_AdapterConfig):
 
 @dataclass
 class BoneConfig(_AdapterConfig):
-    """MiSS / Bone (`peftcore.BoneLinear`): block size r, variant "bone" or "mini"."""
+    """MiSS (`peftcore.BoneLinear`; "bone" is its name in peftcore's code): block size r,
+    variant "bone", "mini" or "bat"."""
 
     kind = "bone"
     r: int = 64

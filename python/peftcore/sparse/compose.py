@@ -50,8 +50,7 @@ def apply(model: nn.Module, deltas: Union[SparseDelta, Sequence[SparseDelta]],
     names = sorted({n for d in deltas for n in d.entries})
     # One pass over the parts builds the op's lists and checks names and shapes (the
     # op checks index order and range): per part a few dict lookups, no tensor
-    # calls, since a slow host pays for every Python step (on the H200's host one
-    # index_add_ call cost 19 us).
+    # calls, since a slow host pays for every Python step.
     targets, indices, values, owner, part_weights = [], [], [], [], []
     for i, name in enumerate(names):
         p = params.get(name)

@@ -5,7 +5,7 @@ concatenating them. Two algorithms, one tie rule (reference.magnitude_top_k):
   on the float32 bit patterns of the magnitudes, four parallel passes that never
   store a magnitude.
 - GPU: the histograms would be atomics on a few hot bins and every parameter a few
-  host reads (measured 25x slower than one torch.topk on an H200), so there the
+  host reads (far slower than one torch.topk on an H200), so there the
   magnitudes go through a bounded fp32 buffer in chunks; each chunk's top k joins a
   pool that is cut back to k. The pool then holds the k largest values; a second
   pass counts the entries tied at the k-th value so that ties are taken in the
