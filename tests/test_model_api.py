@@ -226,10 +226,16 @@ def test_save_load_adapter_round_trip_and_robustness(tmp_path):
         "unknown_kind": (weights, {**config, "config": {**config["config"], "kind": "ia3"}}, "unknown adapter kind"),
         "no_module": (weights, {**config, "layers": ["model.nothing"]}, "has no module"),
     }
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(tmp_path / "a" / "adapter.safetensors"))
     for name, (w, c, pattern) in cases.items():
         d = tmp_path / name
         d.mkdir()
-        (d / "adapter.safetensors").write_bytes(w)
+        if w is weights:  # a save whose config is broken: the config travels in the weights' metadata too
+            save_file(tensors, str(d / "adapter.safetensors"), metadata={"peftcore_config": json.dumps(c)})
+        else:
+            (d / "adapter.safetensors").write_bytes(w)
         (d / "peftcore_config.json").write_text(json.dumps(c))
         victim = copy.deepcopy(base)
         with pytest.raises(ValueError, match=pattern):

@@ -88,6 +88,7 @@ class HydraLinear(nn.Module):
         """W' = W + s_p B_p A_p + s_s B_s A_s W and b' = b + s_s B_s A_s b, in float64."""
         if self.merged:
             return
+        self._check_invertible()
         w, b = self.base_layer.weight, self.base_layer.bias
         S = self._sequential_map()
         new_w = w.double() + (S @ w.double() if S is not None else 0)
@@ -116,6 +117,19 @@ class HydraLinear(nn.Module):
                 b.copy_(self._apply_inverse(b.double().unsqueeze(1)).squeeze(1))
         w.copy_(new_w)
         self.merged = False
+
+    def _check_invertible(self) -> None:
+        """Refuses a merge that unmerge could not undo: I + s_s B_s A_s singular (or
+        nearly: its r_s x r_s Woodbury core I + s_s A_s B_s would lose every digit)."""
+        if self.A_s is None:
+            return
+        core = torch.eye(self.r_sequential, dtype=torch.float64, device=self.A_s.device) + \
+            self.scale_sequential * (self.A_s.double() @ self.B_s.double())
+        cond = torch.linalg.cond(core).item()
+        if not cond < 1e12:
+            raise ValueError(f"cannot merge this Hydra layer: its sequential map I + s_s B_s A_s is singular "
+                             f"(condition number of I + s_s A_s B_s: {cond:.3g}), so unmerge could not restore W; "
+                             "run it unmerged")
 
     def _sequential_map(self):
         if self.A_s is None:

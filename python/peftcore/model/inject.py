@@ -88,21 +88,49 @@ def _no_match(config) -> ValueError:
     return ValueError(f"no nn.Linear matches target_modules={config.target_modules!r}")
 
 
+def check_adapter_name(adapter_name) -> None:
+    """An adapter name is a non-empty string without "." (it becomes a module key, as
+    in PEFT); refused before anything changes."""
+    if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name:
+        raise ValueError(f"adapter_name must be a non-empty string without '.', got {adapter_name!r}")
+
+
+def _build_all(model: nn.Module, config, names: list[str], bases: dict[str, nn.Module] | None = None):
+    """[(name, layer)] for every name, built before the model changes. Building freezes
+    the base layer, so a failure puts every parameter's requires_grad back."""
+    grad_state = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        return [(name, _build(config, model, name, (bases or {}).get(name))) for name in names]
+    except BaseException:
+        for p, flag in grad_state:
+            p.requires_grad_(flag)
+        raise
+
+
+def _build(config, model: nn.Module, name: str, base: nn.Module | None = None) -> nn.Module:
+    """The config's adapter layer for the module at `name` (around `base`, by default
+    that module), in the training mode of the module it replaces."""
+    replaced = model.get_submodule(name)
+    layer = config.make_layer(as_linear(replaced) if base is None else base, name)
+    return layer.train(replaced.training)
+
+
 def inject(model: nn.Module, config, adapter_name: str = "default") -> nn.Module:
     """Replaces each matching nn.Linear by the config's adapter layer (LoraLinear,
     HydraLinear or BoneLinear; in place), freezes every other parameter except
     `modules_to_save`, and returns the model. The adapter is named `adapter_name`
     and active. On a model that already has adapters this is `add_adapter`."""
+    check_adapter_name(adapter_name)
     if adapter_names(model):
         return add_adapter(model, config, adapter_name)
     names = target_names(model, config)
     if not names:
         linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         raise ValueError(f"{_no_match(config)}; some Linear modules of this model: {linear[:6]}")
+    layers = _build_all(model, config, names)  # a bad shape fails before the model changes
     for p in model.parameters():
         p.requires_grad_(False)
-    for name in names:
-        layer = config.make_layer(as_linear(model.get_submodule(name)), name)
+    for name, layer in layers:
         layer.adapter_name = adapter_name
         _set_submodule(model, name, layer)
     _mark_modules_to_save(model, config)
@@ -147,6 +175,7 @@ def _require_unmerged(model: nn.Module, what: str) -> None:
 def add_adapter(model: nn.Module, config, adapter_name: str) -> nn.Module:
     """Adds a second (third, ...) named adapter, inactive, at the places `config`
     selects, already-adapted ones included; `set_adapter` activates it."""
+    check_adapter_name(adapter_name)
     if not adapter_names(model):
         raise ValueError("the model has no adapters yet: use peftcore.inject(model, config, adapter_name)")
     if adapter_name in model.peftcore_adapters:
@@ -155,11 +184,7 @@ def add_adapter(model: nn.Module, config, adapter_name: str) -> nn.Module:
     existing, fresh = selected_places(model, config)
     if not existing and not fresh:
         raise _no_match(config)
-    made = []
-    for name in fresh:
-        made.append((name, config.make_layer(as_linear(model.get_submodule(name)), name)))
-    for name, site in existing.items():
-        made.append((name, config.make_layer(site.base_layer, name)))
+    made = _build_all(model, config, fresh + list(existing), {n: site.base_layer for n, site in existing.items()})
     for name, layer in made:  # built all first: a bad shape fails before the model changes
         layer.adapter_name, layer.active = adapter_name, False
         layer.requires_grad_(False)
@@ -169,7 +194,8 @@ def add_adapter(model: nn.Module, config, adapter_name: str) -> nn.Module:
         elif isinstance(site, AdapterSet):
             site.adapters[adapter_name] = layer
         else:
-            _set_submodule(model, name, AdapterSet(site.base_layer, {site.adapter_name: site, adapter_name: layer}))
+            adapter_set = AdapterSet(site.base_layer, {site.adapter_name: site, adapter_name: layer})
+            _set_submodule(model, name, adapter_set.train(site.training))
     model.peftcore_adapters[adapter_name] = config
     return model
 
@@ -244,17 +270,45 @@ def print_trainable_parameters(model: nn.Module) -> None:
           f"trainable%: {100 * trainable / max(total, 1):.4f}")
 
 
+def _merge_order(layers) -> list[nn.Module]:
+    """The order layers merge in: Hydra layers with a sequential branch first, because
+    their merge maps the weight (W' = (I + S) W + ...) and must see the base weight
+    alone, as their forward sees the base output alone; additive merges after. Unmerge
+    runs the reverse."""
+    return sorted(layers, key=lambda layer: 0 if getattr(layer, "A_s", None) is not None else 1)
+
+
+def merge_layers(layers) -> None:
+    for layer in _merge_order(layers):
+        layer.merge()
+
+
+def unmerge_layers(layers) -> None:
+    for layer in reversed(_merge_order(layers)):
+        layer.unmerge()
+
+
+def _check_mergeable(model: nn.Module) -> None:
+    """Two active sequential branches at one place have no exact merge by successive
+    merges ((I + S1)(I + S2) W is not (I + S1 + S2) W): refused before any weight changes."""
+    for name, site in adapter_sites(model).items():
+        if isinstance(site, AdapterSet):
+            sequential = [n for n, layer in site.adapters.items()
+                          if layer.active and getattr(layer, "A_s", None) is not None]
+            if len(sequential) > 1:
+                raise ValueError(f"{name}: adapters {sequential} both have a sequential Hydra branch; "
+                                 "they cannot be merged together (activate one of them to merge)")
+
+
 def merge(model: nn.Module) -> None:
-    """Folds the active adapters into their base weights (in the order they were added)."""
-    for layer in adapter_layers(model).values():
-        if layer.active:
-            layer.merge()
+    """Folds the active adapters into their base weights."""
+    _check_mergeable(model)
+    merge_layers([layer for layer in adapter_layers(model).values() if layer.active])
 
 
 def unmerge(model: nn.Module) -> None:
-    """Undoes merge (in reverse order: Hydra's merge is not a plain addition)."""
-    for layer in reversed(list(adapter_layers(model).values())):
-        layer.unmerge()
+    """Undoes merge (in the reverse order: Hydra's merge is not a plain addition)."""
+    unmerge_layers(list(adapter_layers(model).values()))
 
 
 def merge_and_unload(model: nn.Module) -> nn.Module:
@@ -271,10 +325,11 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
 def disable_adapters(model: nn.Module):
     """``with peftcore.disable_adapters(model): ...`` runs the base model alone (adapters
     stay in place, merged ones are unmerged for the duration and merged back after)."""
-    sites = list(adapter_sites(model).values())
+    # Nested blocks: an inner block finds the sites already disabled (their forward
+    # shadowed) and leaves them to the block that disabled them.
+    sites = [site for site in adapter_sites(model).values() if "forward" not in vars(site)]
     merged = [layer for layer in adapter_layers(model).values() if layer.merged]
-    for layer in reversed(merged):
-        layer.unmerge()
+    unmerge_layers(merged)
     for site in sites:
         site.forward = site.base_layer.forward  # instance attribute shadows the method
     try:
@@ -282,5 +337,4 @@ def disable_adapters(model: nn.Module):
     finally:
         for site in sites:
             del site.forward
-        for layer in merged:
-            layer.merge()
+        merge_layers(merged)

@@ -1,6 +1,13 @@
 """Adapter files: peftcore's own (save_adapter / load_adapter) and HF PEFT's
-(to_peft / from_peft). Writes are atomic; loads validate everything before
-touching the model, and a failed load leaves the model as it was."""
+(to_peft / from_peft). A save is all or nothing as the next load sees it; loads
+validate everything before touching the model, and a failed load leaves the model as
+it was.
+
+A save writes two files (weights, then config), each by an atomic rename. The weights
+file carries the config text in its metadata and is the commit point: a crash before
+its rename leaves the previous save whole, a crash after it leaves the new weights with
+their own config, which is what the loaders read (the JSON beside them is for people
+and for HF PEFT's own loader)."""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable, Union
 
@@ -17,15 +25,19 @@ from torch import Tensor, nn
 from .config import BoneConfig, LoraConfig, config_from_dict, matches
 from .inject import (
     active_adapters,
+    adapter_layers,
     adapter_names,
     adapter_sites,
     as_linear,
+    check_adapter_name,
     delete_adapter,
     inject,
     is_conv1d,
+    merge_layers,
     saved_modules,
     selected_places,
     site_layers,
+    unmerge_layers,
 )
 
 PathLike = Union[str, os.PathLike]
@@ -35,6 +47,8 @@ PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
 SAVED = "modules_to_save."  # key prefix of the fully trained modules (heads) in our file
+EMBEDDED_CONFIG = "peftcore_config"  # weights metadata: the config saved with these weights
+MAX_CONFIG_BYTES = 16 << 20  # a config is a few KiB; refuse to read more than this
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
@@ -49,8 +63,16 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
         raise
 
 
-def _write_json(path: Path, data: dict) -> None:
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2)))
+def _write_adapter(directory: Path, weights_name: str, tensors: dict[str, Tensor], config_name: str,
+                   config: dict, metadata: dict[str, str] | None = None) -> None:
+    """Writes the weights (with the config text in their metadata: the commit point),
+    then the config JSON, each atomically (see the module's docstring)."""
+    from safetensors.torch import save_file
+
+    text = json.dumps(config, indent=2)
+    meta = {**(metadata or {}), EMBEDDED_CONFIG: text}
+    _atomic_write(directory / weights_name, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    _atomic_write(directory / config_name, lambda tmp: Path(tmp).write_text(text))
 
 
 def _layer_params(layer: nn.Module) -> dict[str, Tensor]:
@@ -72,21 +94,71 @@ def _saved_module_tensors(model: nn.Module, config) -> dict[str, Tensor]:
             for name, module in saved_modules(model, config).items() for pname, p in module.named_parameters()}
 
 
-def _read_safetensors(path: Path) -> dict[str, Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def _regular_file(path: Path) -> Path:
+    """`path` if it is a regular file (after links): a FIFO would block a read forever
+    and a device (/dev/zero) would never end."""
+    import stat
 
     try:
-        return load_file(str(path))
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc})") from exc
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path}: not a regular file")
+    return path
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    _regular_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+        return load_file(str(path)), metadata
     except (OSError, SafetensorError, RuntimeError, ValueError) as exc:
         raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
 
 
-def _read_json(path: Path) -> dict:
+def _parse_config(text: str, path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not a readable JSON config ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _read_json(path: Path) -> dict:
+    """A config file: a regular file of at most MAX_CONFIG_BYTES holding a JSON object."""
+    _regular_file(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"{path}: not a readable JSON config ({exc})") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes, not an adapter config")
+    return _parse_config(raw.decode("utf-8", errors="replace"), path)
+
+
+def _saved_config(directory: Path, config_name: str, metadata: dict[str, str], weights: Path) -> dict:
+    """The config saved with these weights (their metadata), else the JSON file (files
+    written before the config travelled with the weights, or by another tool)."""
+    if EMBEDDED_CONFIG not in metadata:
+        return _read_json(directory / config_name)
+    saved = _parse_config(metadata[EMBEDDED_CONFIG], weights)
+    try:
+        beside = _read_json(directory / config_name)
+    except ValueError:
+        beside = None
+    if beside != saved:
+        warnings.warn(f"{directory / config_name} differs from the config saved with {weights.name} (an "
+                      f"interrupted save, or an edit); loading the config saved with the weights", stacklevel=3)
+    return saved
 
 
 def _chosen_adapter(model: nn.Module, adapter_name: str | None) -> tuple[str, object]:
@@ -107,16 +179,13 @@ def save_adapter(model: nn.Module, directory: PathLike, adapter_name: str | None
     """Writes the adapters and the modules trained in full (`modules_to_save`, e.g. a
     classification head) as safetensors, and their config as JSON, to `directory`:
     the adapter named `adapter_name`, by default the first active one."""
-    from safetensors.torch import save_file
-
     name, config = _chosen_adapter(model, adapter_name)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = _adapter_tensors(model, name)
     tensors.update({SAVED + k: t for k, t in _saved_module_tensors(model, config).items()})
-    _atomic_write(directory / WEIGHTS, lambda tmp: save_file(tensors, tmp))
-    _write_json(directory / CONFIG, {"config": config.to_dict(), "adapter_name": name,
-                                     "layers": sorted(site_layers(model, name))})
+    _write_adapter(directory, WEIGHTS, tensors, CONFIG,
+                   {"config": config.to_dict(), "adapter_name": name, "layers": sorted(site_layers(model, name))})
 
 
 def _base_linear(model: nn.Module, name: str) -> nn.Linear:
@@ -141,10 +210,14 @@ def _check_tensors(tensors: dict[str, Tensor], model: nn.Module, names: list[str
                 raise ValueError(f"{source}: {key(n, p)} has shape {tuple(t.shape)}, the model needs {tuple(shape)}")
 
 
-def _check_saved(saved: dict[str, Tensor], model: nn.Module, source: Path) -> None:
-    """The fully trained modules' tensors (`modules_to_save`, by parameter name) fit the model."""
+def _check_saved(saved: dict[str, Tensor], model: nn.Module, config, source: Path) -> None:
+    """The fully trained modules' tensors (`modules_to_save`, by parameter name) belong to
+    modules the config names and fit the model: a load writes nothing else."""
     params = dict(model.named_parameters())
     for n, t in saved.items():
+        if not matches(n.rpartition(".")[0], config.modules_to_save):
+            raise ValueError(f"{source}: holds {n}, but the adapter's modules_to_save "
+                             f"({config.modules_to_save}) does not name its module")
         if n not in params or tuple(params[n].shape) != tuple(t.shape):
             have = tuple(params[n].shape) if n in params else "no such parameter"
             raise ValueError(f"{source}: saved module parameter {n} {tuple(t.shape)} does not match the model ({have})")
@@ -156,19 +229,25 @@ def _install(model: nn.Module, config, names: list[str], tensors: dict[str, Tens
     """Puts adapter `adapter_name` at `names` (injecting it, adding it beside the
     model's other adapters, or overwriting its weights) and copies the weights, then
     the fully trained modules' (`saved`, by parameter name); undoes everything if it
-    fails."""
+    fails. Merged adapters are unmerged around the copy and merged again after, so a
+    merged adapter that is overwritten ends merged with its new weights."""
+    check_adapter_name(adapter_name)
     saved = saved or {}
     named = dict(model.named_parameters())
-    backup = {n: named[n].detach().clone() for n in saved}
-    grad_state = {n: p.requires_grad for n, p in named.items()}
     registered = adapter_names(model)
     created = adapter_name not in registered
     if not created:
         missing = sorted(set(names) - set(site_layers(model, adapter_name)))
         if missing:
             raise ValueError(f"adapter {adapter_name!r} of the model has no layer at {missing[:4]}")
+    current = {} if created else site_layers(model, adapter_name)
+    overwritten = [p for n in names if n in current for p in _layer_params(current[n]).values()]
+    backup = {id(p): (p, p.detach().clone()) for p in [named[n] for n in saved] + overwritten}
+    grad_state = {n: p.requires_grad for n, p in named.items()}
     exact = dataclasses.replace(config, target_modules=list(names), exclude_modules=None)
+    merged = [layer for layer in adapter_layers(model).values() if layer.merged]
     try:
+        unmerge_layers(merged)
         if created:
             inject(model, exact, adapter_name)
             model.peftcore_adapters[adapter_name] = config
@@ -181,15 +260,17 @@ def _install(model: nn.Module, config, names: list[str], tensors: dict[str, Tens
                     p.copy_(tensors[key(n, pname)])
             for n, t in saved.items():
                 named[n].copy_(t)
+        merge_layers(merged)
     except BaseException:
         with torch.no_grad():
-            for n, t in backup.items():
-                named[n].copy_(t)
+            for p, t in backup.values():
+                p.copy_(t)
         if created and adapter_name in adapter_names(model):
             delete_adapter(model, adapter_name)
         for n, p in model.named_parameters():
             if n in grad_state:
                 p.requires_grad_(grad_state[n])
+        merge_layers([layer for layer in merged if not layer.merged])
         raise
     return model
 
@@ -199,13 +280,13 @@ def load_adapter(model: nn.Module, directory: PathLike, adapter_name: str | None
     was saved under): injected on a model without adapters, added beside the other
     adapters (inactive; `set_adapter` activates it), or overwriting that adapter."""
     directory = Path(directory)
-    meta = _read_json(directory / CONFIG)
+    tensors, metadata = _read_safetensors(directory / WEIGHTS)
+    meta = _saved_config(directory, CONFIG, metadata, directory / WEIGHTS)
     try:
         config, names = config_from_dict(meta["config"]), list(meta["layers"])
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"{directory / CONFIG}: malformed ({exc})") from exc
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{directory / CONFIG}: malformed ({type(exc).__name__}: {exc})") from exc
     adapter_name = adapter_name or meta.get("adapter_name", "default")
-    tensors = _read_safetensors(directory / WEIGHTS)
     sites = adapter_sites(model)
     existing = site_layers(model, adapter_name)
     for n in names:
@@ -222,7 +303,7 @@ def load_adapter(model: nn.Module, directory: PathLike, adapter_name: str | None
                 raise ValueError(f"{directory}: {n} already holds a different adapter ({have})")
     saved = {k[len(SAVED):]: t for k, t in tensors.items() if k.startswith(SAVED)}
     tensors = {k: t for k, t in tensors.items() if not k.startswith(SAVED)}
-    _check_saved(saved, model, directory / WEIGHTS)
+    _check_saved(saved, model, config, directory / WEIGHTS)
     key = lambda n, pname: f"{n}.{pname}"  # noqa: E731
     _check_tensors(tensors, model, names, config, directory / WEIGHTS, key)
     return _install(model, config, names, tensors, key, adapter_name, saved)
@@ -259,8 +340,6 @@ def to_peft(model: nn.Module, directory: PathLike, adapter_name: str | None = No
     """Writes an HF PEFT adapter directory (LoRA or MiSS) that
     `peft.PeftModel.from_pretrained` loads onto the same base model, with the same
     outputs: the adapter named `adapter_name`, by default the first active one."""
-    from safetensors.torch import save_file
-
     name, config = _chosen_adapter(model, adapter_name)
     peft_config = _peft_config(config, site_layers(model, name))
     directory = Path(directory)
@@ -269,8 +348,7 @@ def to_peft(model: nn.Module, directory: PathLike, adapter_name: str | None = No
     # Fully trained modules (a classification head): PEFT keeps them under their plain
     # names and wraps them again on load.
     tensors.update({PEFT_PREFIX + n: t for n, t in _saved_module_tensors(model, config).items()})
-    _atomic_write(directory / PEFT_WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    _write_json(directory / PEFT_CONFIG, peft_config)
+    _write_adapter(directory, PEFT_WEIGHTS, tensors, PEFT_CONFIG, peft_config, metadata={"format": "pt"})
 
 
 def _config_from_peft(cfg: dict, directory: Path):
@@ -306,17 +384,22 @@ def from_peft(model: nn.Module, directory: PathLike, adapter_name: str = "defaul
     PEFT 0.17: `bone_block` keys) into peftcore layers on `model` as adapter
     `adapter_name` (beside the model's other adapters, if it has some)."""
     directory = Path(directory)
-    peft_cfg = _read_json(directory / PEFT_CONFIG)
-    peft_type = peft_cfg.get("peft_type")
-    config = _config_from_peft(peft_cfg, directory)
     weights = directory / PEFT_WEIGHTS
     if weights.exists():
-        tensors = _read_safetensors(weights)
+        tensors, metadata = _read_safetensors(weights)
     else:
+        metadata = {}
         try:
-            tensors = torch.load(directory / "adapter_model.bin", map_location="cpu", weights_only=True)
+            tensors = torch.load(_regular_file(directory / "adapter_model.bin"), map_location="cpu",
+                                 weights_only=True)
         except Exception as exc:
             raise ValueError(f"{directory}: no readable adapter_model.safetensors or .bin ({exc})") from exc
+    peft_cfg = _saved_config(directory, PEFT_CONFIG, metadata, weights)
+    peft_type = peft_cfg.get("peft_type")
+    try:
+        config = _config_from_peft(peft_cfg, directory)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{directory / PEFT_CONFIG}: malformed ({type(exc).__name__}: {exc})") from exc
     if peft_type == "BONE":  # same tensor, older key
         tensors = {k[: -len("bone_block")] + "miss_block" if k.endswith(".bone_block") else k: t
                    for k, t in tensors.items()}
@@ -325,7 +408,7 @@ def from_peft(model: nn.Module, directory: PathLike, adapter_name: str = "defaul
     if not names:
         raise ValueError(f"{directory}: target_modules={config.target_modules!r} match no nn.Linear of the model")
     saved = _peft_saved_modules(tensors, model, config)
-    _check_saved(saved, model, weights)
+    _check_saved(saved, model, config, weights)
     key = lambda n, pname: f"{PEFT_PREFIX}{n}.{pname}"  # noqa: E731
     _check_tensors(tensors, model, names, config, weights, key)
     return _install(model, config, names, tensors, key, adapter_name, saved)
