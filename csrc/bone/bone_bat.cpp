@@ -68,6 +68,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bone_bat_linear_backw
   const BoneDims d = check_bat("bone_bat_linear_backward", x, weight, block);
   TORCH_CHECK(band_elements > 0, "bone_bat_linear_backward: band_elements must be positive, got ", band_elements);
   check_shape("bone_bat_linear_backward", "grad_out", grad_out, with_last_dim(x, d.out), "[..., out_features]");
+  check_same_dtype_device("bone_bat_linear_backward", "grad_out", grad_out, "x", x);
   const at::Tensor g = grad_out.reshape({d.rows, d.out});
   const at::Tensor x2 = x.reshape({d.rows, d.in});
   at::Tensor grad_x = empty_grad(x), grad_w = empty_grad(x), grad_b = empty_grad(x), grad_block = empty_grad(x);

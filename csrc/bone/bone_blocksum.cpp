@@ -92,6 +92,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bone_linear_backward(
     const at::Tensor& hidden, int64_t r, std::array<bool, 4> output_mask) {
   const BoneDims d = check_bone("bone_linear_backward", x, weight, up, r);
   check_shape("bone_linear_backward", "grad_out", grad_out, with_last_dim(x, d.out), "[..., out_features]");
+  check_same_dtype_device("bone_linear_backward", "grad_out", grad_out, "x", x);
   check_shape("bone_linear_backward", "hidden", hidden, {d.rows, r}, "[N, r]");
   const at::Tensor g = grad_out.reshape({d.rows, d.out});
   const at::Tensor x2 = x.reshape({d.rows, d.in});

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from .low_rank import as_compute
 
 
 class AdapterSet(nn.Module):
@@ -40,8 +41,8 @@ class AdapterSet(nn.Module):
         factors = [layer.low_rank() for layer in layers]
         if all(f is not None for f in factors) and len({f[2] for f in factors}) == 1:
             w = self.base_layer.weight
-            A = torch.cat([f[0].to(w.dtype) for f in factors], 0)
-            B = torch.cat([f[1].to(w.dtype) for f in factors], 1)
+            A = torch.cat([as_compute(f[0], w) for f in factors], 0)
+            B = torch.cat([as_compute(f[1], w) for f in factors], 1)
             return ops.lora_linear(x, w, self.base_layer.bias, A, B, 1.0, factors[0][2], self.training)
         h = self.base_layer(x)
         out = h

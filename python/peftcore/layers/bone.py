@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops, reference
-from .low_rank import low_rank_delta
+from .low_rank import as_compute, low_rank_delta
 
 VARIANTS = ("bone", "mini", "bat")
 
@@ -133,10 +133,10 @@ class BoneLinear(nn.Module):
             return self.base_layer(x)
         w = self.base_layer.weight
         if self.variant == "bat":
-            return ops.bone_bat_linear(x, w, self.base_layer.bias, self.miss_block.to(w.dtype))
+            return ops.bone_bat_linear(x, w, self.base_layer.bias, as_compute(self.miss_block, w))
         if self.dropout_p == 0.0 or not self.training:  # the block sum as a reduction, not a GEMM
-            return ops.bone_linear(x, w, self.base_layer.bias, self._up().to(w.dtype), self.r)
-        return ops.lora_linear(x, w, self.base_layer.bias, self.block_sum.to(w.dtype), self._up().to(w.dtype),
+            return ops.bone_linear(x, w, self.base_layer.bias, as_compute(self._up(), w), self.r)
+        return ops.lora_linear(x, w, self.base_layer.bias, as_compute(self.block_sum, w), as_compute(self._up(), w),
                                1.0, self.dropout_p, self.training)
 
     def extra_repr(self) -> str:

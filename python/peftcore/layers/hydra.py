@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from .low_rank import low_rank_delta
+from .low_rank import as_compute, low_rank_delta
 
 
 class HydraLinear(nn.Module):
@@ -78,9 +78,8 @@ class HydraLinear(nn.Module):
         if self.merged or not self.active:
             return self.base_layer(x)
         w = self.base_layer.weight
-        cast = (lambda t: t if t is None else t.to(w.dtype))  # noqa: E731  (fp32 adapters on a 16-bit base)
-        return ops.hydra_linear(x, w, self.base_layer.bias, cast(self.A_p), cast(self.B_p), cast(self.A_s),
-                                cast(self.B_s), self.scale_parallel, self.scale_sequential, self.dropout_p,
+        return ops.hydra_linear(x, w, self.base_layer.bias, as_compute(self.A_p, w), as_compute(self.B_p, w),
+                                as_compute(self.A_s, w), as_compute(self.B_s, w), self.scale_parallel, self.scale_sequential, self.dropout_p,
                                 self.training)
 
     @torch.no_grad()

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from .low_rank import low_rank_delta
+from .low_rank import as_compute, low_rank_delta
 
 
 def _check_rank_and_dropout(r: int, dropout: float) -> None:
@@ -99,10 +99,7 @@ class LoraLinear(nn.Module):
         if self.merged or not self.active:
             return self.base_layer(x)
         weight, bias = self.base_layer.weight, self.base_layer.bias
-        lora_A, lora_B = self.lora_A.weight, self.lora_B.weight
-        if not torch.is_autocast_enabled(x.device.type):
-            # Adapters may be kept in float32 on a 16-bit base: compute in the base's dtype.
-            lora_A, lora_B = lora_A.to(weight.dtype), lora_B.to(weight.dtype)
+        lora_A, lora_B = as_compute(self.lora_A.weight, weight), as_compute(self.lora_B.weight, weight)
         return ops.lora_linear(
             x, weight, bias, lora_A, lora_B, self.scaling, self.dropout_p, self.training
         )

@@ -6,6 +6,7 @@ around an nn.Linear and the shapes of that layer's parameters."""
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Union
@@ -15,6 +16,33 @@ from torch import nn
 from ..layers import BoneLinear, HydraLinear, LoraLinear
 
 Targets = Union[list[str], str, None]
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _int(cls: str, name: str, value, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{cls}.{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _float(cls: str, name: str, value) -> None:
+    """A finite number that stays finite in float32 (a scaling of 1e308 makes every output inf)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+            or abs(value) > _FLOAT32_MAX:
+        raise ValueError(f"{cls}.{name} must be a finite number, got {value!r}")
+
+
+def _probability(cls: str, name: str, value) -> None:
+    _float(cls, name, value)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{cls}.{name} must be in [0, 1), got {value!r}")
+
+
+def _names(cls: str, name: str, value, allow_regex: bool = True) -> None:
+    ok = value is None or (allow_regex and isinstance(value, str)) or \
+        (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value))
+    if not ok:
+        raise ValueError(f"{cls}.{name} must be a list of module names" + (" or a regular expression" if allow_regex
+                                                                             else "") + f", got {value!r}")
 
 
 def matches(name: str, targets: Targets) -> bool:
@@ -59,6 +87,23 @@ class _AdapterConfig:
     def to_dict(self) -> dict:
         return {**asdict(self), "kind": self.kind}
 
+    def __post_init__(self) -> None:
+        """Every value checked when the config is made (by hand or from a file): a bad
+        one is refused here, naming the field, not deep inside a layer or as inf logits."""
+        cls = type(self).__name__
+        _names(cls, "target_modules", self.target_modules)
+        _names(cls, "exclude_modules", self.exclude_modules)
+        _names(cls, "modules_to_save", self.modules_to_save, allow_regex=False)
+        layers = self.layers_to_transform
+        if layers is not None and not isinstance(layers, int) and not (
+                isinstance(layers, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) for i in layers)):
+            raise ValueError(f"{cls}.layers_to_transform must be an int or a list of ints, got {layers!r}")
+        _names(cls, "layers_pattern", self.layers_pattern)
+        self._check()
+
+    def _check(self) -> None:
+        pass
+
 
 def pattern_key(patterns: dict, name: str) -> Optional[str]:
     """PEFT's rule for rank_pattern / alpha_pattern: the first key that, as a regular
@@ -82,6 +127,19 @@ class LoraConfig(_AdapterConfig):
     use_rslora: bool = False
     rank_pattern: dict = field(default_factory=dict)
     alpha_pattern: dict = field(default_factory=dict)
+
+    def _check(self) -> None:
+        _int("LoraConfig", "r", self.r, 1)
+        _float("LoraConfig", "alpha", self.alpha)
+        _probability("LoraConfig", "dropout", self.dropout)
+        if not isinstance(self.use_rslora, bool):
+            raise ValueError(f"LoraConfig.use_rslora must be True or False, got {self.use_rslora!r}")
+        for name, pattern, check in (("rank_pattern", self.rank_pattern, lambda k, v: _int("LoraConfig", k, v, 1)),
+                                     ("alpha_pattern", self.alpha_pattern, lambda k, v: _float("LoraConfig", k, v))):
+            if not isinstance(pattern, dict):
+                raise ValueError(f"LoraConfig.{name} must be a dict {{module pattern: value}}, got {pattern!r}")
+            for key, value in pattern.items():
+                check(f"{name}[{key!r}]", value)
 
     def rank_alpha(self, name: str = "") -> tuple[int, float]:
         """(r, alpha) of the module called `name`."""
@@ -109,6 +167,15 @@ class HydraConfig(_AdapterConfig):
     alpha_sequential: float = 8.0
     dropout: float = 0.0
 
+    def _check(self) -> None:
+        _int("HydraConfig", "r_parallel", self.r_parallel, 0)
+        _int("HydraConfig", "r_sequential", self.r_sequential, 0)
+        if self.r_parallel == 0 and self.r_sequential == 0:
+            raise ValueError("HydraConfig: at least one of r_parallel and r_sequential must be positive")
+        _float("HydraConfig", "alpha_parallel", self.alpha_parallel)
+        _float("HydraConfig", "alpha_sequential", self.alpha_sequential)
+        _probability("HydraConfig", "dropout", self.dropout)
+
     def make_layer(self, base: nn.Linear, name: str = "") -> nn.Module:
         return HydraLinear(base, self.r_parallel, self.r_sequential, self.alpha_parallel,
                            self.alpha_sequential, self.dropout)
@@ -132,6 +199,13 @@ class BoneConfig(_AdapterConfig):
     variant: str = "bone"
     mini_r: int = 1
     dropout: float = 0.0
+
+    def _check(self) -> None:
+        _int("BoneConfig", "r", self.r, 1)
+        if self.variant not in ("bone", "mini", "bat"):
+            raise ValueError(f"BoneConfig.variant must be 'bone', 'mini' or 'bat', got {self.variant!r}")
+        _int("BoneConfig", "mini_r", self.mini_r, 1)
+        _probability("BoneConfig", "dropout", self.dropout)
 
     def make_layer(self, base: nn.Linear, name: str = "") -> nn.Module:
         return BoneLinear(base, r=self.r, variant=self.variant, mini_r=self.mini_r, dropout=self.dropout)

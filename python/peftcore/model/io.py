@@ -206,6 +206,8 @@ def _check_tensors(tensors: dict[str, Tensor], model: nn.Module, names: list[str
     for n in names:
         for p, shape in shapes[n].items():
             t = tensors[key(n, p)]
+            if not t.is_floating_point():
+                raise ValueError(f"{source}: {key(n, p)} has dtype {t.dtype}; adapter weights must be floating point")
             if tuple(t.shape) != tuple(shape):
                 raise ValueError(f"{source}: {key(n, p)} has shape {tuple(t.shape)}, the model needs {tuple(shape)}")
 
@@ -356,7 +358,7 @@ def _config_from_peft(cfg: dict, directory: Path):
     if kind != "LORA" and (cfg.get("rank_pattern") or cfg.get("alpha_pattern")):
         raise ValueError(f"{directory}: rank_pattern / alpha_pattern are read for LoRA adapters only")
     places = {"target_modules": cfg.get("target_modules"), "exclude_modules": cfg.get("exclude_modules"),
-              "modules_to_save": list(cfg["modules_to_save"]) if cfg.get("modules_to_save") else None,
+              "modules_to_save": cfg.get("modules_to_save") or None,
               "layers_to_transform": cfg.get("layers_to_transform"), "layers_pattern": cfg.get("layers_pattern")}
     if kind == "LORA":
         # fan_in_fan_out only says the base weight is stored [in, out] (HF Conv1D): the
@@ -364,18 +366,17 @@ def _config_from_peft(cfg: dict, directory: Path):
         # the module disagree, and A / B are laid out the same.
         if cfg.get("use_dora"):
             raise ValueError(f"{directory}: DoRA adapters are not supported yet")
-        return LoraConfig(r=int(cfg["r"]), alpha=float(cfg.get("lora_alpha", cfg["r"])),
-                          dropout=float(cfg.get("lora_dropout", 0.0)), use_rslora=bool(cfg.get("use_rslora", False)),
-                          rank_pattern=dict(cfg.get("rank_pattern") or {}),
-                          alpha_pattern=dict(cfg.get("alpha_pattern") or {}), **places)
+        # Values as the file has them: LoraConfig checks their types ("4" or "yes" refused).
+        return LoraConfig(r=cfg["r"], alpha=cfg.get("lora_alpha", cfg["r"]), dropout=cfg.get("lora_dropout", 0.0),
+                          use_rslora=cfg.get("use_rslora", False), rank_pattern=cfg.get("rank_pattern") or {},
+                          alpha_pattern=cfg.get("alpha_pattern") or {}, **places)
     if kind == "BONE":  # PEFT <= 0.16: MiSS's earlier name; no mini form and no dropout then
-        return BoneConfig(r=int(cfg["r"]), variant="bat" if cfg.get("init_weights", True) == "bat" else "bone",
-                          **places)
+        return BoneConfig(r=cfg["r"], variant="bat" if cfg.get("init_weights", True) == "bat" else "bone", **places)
     if kind == "MISS":
         init = cfg.get("init_weights", True)
         variant = init if init in ("mini", "bat") else "bone"  # True / False: the bone form
-        return BoneConfig(r=int(cfg["r"]), variant=variant, mini_r=int(cfg.get("mini_r", 1)),
-                          dropout=float(cfg.get("miss_dropout", 0.0)), **places)
+        return BoneConfig(r=cfg["r"], variant=variant, mini_r=cfg.get("mini_r", 1), dropout=cfg.get("miss_dropout", 0.0),
+                          **places)
     raise ValueError(f"{directory}: peft_type {kind!r} is not supported (this build reads LORA, MISS and BONE)")
 
 

@@ -8,7 +8,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._common import dropout_seed, peftcore_ops, refuse_double_backward
+from ._common import (check_devices_dtypes, check_linear_input, check_shape, dropout_seed, peftcore_ops,
+                      refuse_double_backward)
 
 
 def hydra_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], A_p: Optional[Tensor],
@@ -24,6 +25,16 @@ def hydra_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], A_p: Optiona
 
 @torch.library.register_fake("peftcore::hydra_linear")
 def _hydra_linear_fake(x, weight, bias, A_p, B_p, A_s, B_s, scale_p, scale_s, dropout_p, dropout_seed):
+    op = "hydra_linear"
+    check_devices_dtypes(op, x, weight=weight, bias=bias, A_p=A_p, B_p=B_p, A_s=A_s, B_s=B_s)
+    check_linear_input(op, x, weight, bias)
+    branches = (("p", A_p, B_p, weight.shape[1], "in_features"), ("s", A_s, B_s, weight.shape[0], "out_features"))
+    for branch, a, b, k, k_name in branches:
+        if (a is None) != (b is None):
+            raise RuntimeError(f"{op}: A_{branch} and B_{branch} must both be given or both be None")
+        if a is not None:
+            check_shape(op, f"A_{branch}", a, (a.shape[0], k), f"[r_{branch}, {k_name}]")
+            check_shape(op, f"B_{branch}", b, (weight.shape[0], a.shape[0]), f"[out_features, r_{branch}]")
     rows = math.prod(x.shape[:-1])
     out = x.new_empty((*x.shape[:-1], weight.shape[0]))
     h = x.new_empty((rows, weight.shape[0]) if dropout_p > 0 else (0,))  # only dropout needs h
@@ -35,6 +46,9 @@ def _hydra_linear_fake(x, weight, bias, A_p, B_p, A_s, B_s, scale_p, scale_s, dr
 @torch.library.register_fake("peftcore::hydra_linear_backward")
 def _hydra_linear_backward_fake(grad_out, x, weight, bias, h, A_p, B_p, A_s, B_s, hidden_p, hidden_s, scale_p,
                                 scale_s, dropout_p, dropout_seed, output_mask):
+    check_devices_dtypes("hydra_linear_backward", x, grad_out=grad_out, weight=weight, bias=bias, A_p=A_p, B_p=B_p,
+                         A_s=A_s, B_s=B_s)
+
     def grad(flag, t, shape=None) -> Tensor:
         return x.new_empty((shape if shape is not None else t.shape) if flag and (t is not None or shape) else (0,))
 

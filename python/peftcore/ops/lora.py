@@ -8,7 +8,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._common import dropout_seed, peftcore_ops, refuse_double_backward
+from ._common import (check_devices_dtypes, check_linear_input, check_shape, dropout_seed, peftcore_ops,
+                      refuse_double_backward)
 
 
 def lora_linear(
@@ -36,11 +37,11 @@ def lora_linear(
 
 @torch.library.register_fake("peftcore::lora_linear")
 def _lora_linear_fake(x, weight, bias, lora_A, lora_B, scaling, dropout_p, dropout_seed):
-    torch._check(x.dim() >= 1, lambda: f"lora_linear: x must be [..., in_features], got {x.shape}")
-    torch._check(
-        x.shape[-1] == weight.shape[1],
-        lambda: f"lora_linear: x {tuple(x.shape)} does not match weight {tuple(weight.shape)}",
-    )
+    op = "lora_linear"
+    check_devices_dtypes(op, x, weight=weight, bias=bias, lora_A=lora_A, lora_B=lora_B)
+    check_linear_input(op, x, weight, bias)
+    check_shape(op, "lora_A", lora_A, (lora_A.shape[0], weight.shape[1]), "[r, in_features]")
+    check_shape(op, "lora_B", lora_B, (weight.shape[0], lora_A.shape[0]), "[out_features, r]")
     rows = math.prod(x.shape[:-1])
     out = x.new_empty((*x.shape[:-1], weight.shape[0]))
     hidden = x.new_empty((rows, lora_A.shape[0]))
@@ -51,6 +52,9 @@ def _lora_linear_fake(x, weight, bias, lora_A, lora_B, scaling, dropout_p, dropo
 def _lora_linear_backward_fake(
     grad_out, x, weight, lora_A, lora_B, lora_hidden, scaling, dropout_p, dropout_seed, output_mask
 ):
+    check_devices_dtypes("lora_linear_backward", x, grad_out=grad_out, weight=weight, lora_A=lora_A, lora_B=lora_B,
+                         lora_hidden=lora_hidden)
+
     def grad(flag: bool, shape) -> Tensor:
         return x.new_empty(shape if flag else (0,))
 
