@@ -192,3 +192,27 @@ def test_bone_runs_under_autocast_with_fp32_weights(variant):
 ], ids=["bat", "bone", "mini", "bone-dropout"])
 def test_bone_layers_compile_fullgraph(make):
     assert_compiles_fullgraph(make())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bat_merge_unmerge_cycles_restore_w_exactly(dtype):
+    layer = peftcore.BoneLinear(nn.Linear(64, 48), r=16, variant="bat").to(dtype)
+    with torch.no_grad():
+        layer.miss_block.normal_(0, 0.3)
+    weight = layer.base_layer.weight.detach().clone()
+    for _ in range(100):
+        layer.merge()
+        layer.unmerge()
+    assert torch.equal(layer.base_layer.weight, weight)
+
+
+def test_bat_unmerge_of_a_changed_merged_weight_solves():
+    layer = peftcore.BoneLinear(nn.Linear(64, 48), r=16, variant="bat").double()
+    with torch.no_grad():
+        layer.miss_block.normal_(0, 0.3)
+    layer.merge()
+    with torch.no_grad():  # W' edited while merged: unmerge must invert the edited W', not restore the old W
+        layer.base_layer.weight.add_(1.0)
+    edited = layer.base_layer.weight.detach().clone()
+    layer.unmerge()
+    torch.testing.assert_close(reference.bat_weight(layer.base_layer.weight, layer.miss_block), edited)

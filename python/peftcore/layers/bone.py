@@ -43,8 +43,9 @@ class BoneLinear(nn.Module):
     block transposed: without dropout they run on ``bone_linear`` (the block sum as
     a reduction), with dropout on the fused LoRA op; their ``merge`` adds the
     tiled block to every r-column block of W (the last partial block takes its
-    first in % r columns). ``bat``'s merge writes W' and its unmerge solves
-    ``W_ij = (W'_ij - b_i)(I + b_i)^-1`` in float32 (float64 for float64 weights).
+    first in % r columns). ``bat``'s merge writes W' and keeps W (one copy while
+    merged), which unmerge restores bit for bit; if W' was changed in between, unmerge
+    solves ``W_ij = (W'_ij - b_i)(I + b_i)^-1`` in float32 (float64 for float64 weights).
     """
 
     def __init__(self, base: nn.Linear, r: int = 64, variant: str = "bone", mini_r: int = 1,
@@ -94,7 +95,11 @@ class BoneLinear(nn.Module):
             return
         w = self.base_layer.weight
         if self.variant == "bat":
-            w.copy_(ops.bone_bat_weight(w, self.miss_block.to(w.dtype)))
+            # W' rounds to W's dtype and undoing it is a solve with (I + b): repeated
+            # cycles would drift (in 16-bit visibly). The merge keeps W, one copy while
+            # merged, and unmerge restores it exactly unless W' was changed since.
+            self._unmerged = w.detach().clone()
+            w.copy_(ops.bone_bat_weight(w, as_compute(self.miss_block, w)))
         else:
             w.add_(self.delta_weight())
         self.merged = True
@@ -105,8 +110,13 @@ class BoneLinear(nn.Module):
             return
         w = self.base_layer.weight
         if self.variant == "bat":
-            compute = torch.promote_types(w.dtype, torch.float32)
-            w.copy_(reference.bat_unmerge(w.to(compute), self.miss_block.to(compute)))
+            kept, self._unmerged = getattr(self, "_unmerged", None), None
+            same = kept is not None and kept.device == w.device and kept.dtype == w.dtype and kept.shape == w.shape
+            if same and torch.equal(ops.bone_bat_weight(kept, as_compute(self.miss_block, w)), w):
+                w.copy_(kept)
+            else:  # W' changed since the merge (or a merged state was loaded): solve
+                compute = torch.promote_types(w.dtype, torch.float32)
+                w.copy_(reference.bat_unmerge(w.to(compute), self.miss_block.to(compute)))
         else:
             w.sub_(self.delta_weight())
         self.merged = False
