@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from ._fused import FusedOptimizer
+from ._fused import FusedOptimizer, as_number, check_nonnegative
 
 _ops = torch.ops.peftcore
 
@@ -45,6 +45,9 @@ class Lamb(FusedOptimizer):
     ``peftcore.optim.param_groups(exclude_from_layer_adaptation=...)``) keep it learning.
     """
 
+    _moment_keys = ("exp_avg", "exp_avg_sq")
+    _uses_step = True
+
     def __init__(
         self,
         params,
@@ -62,16 +65,6 @@ class Lamb(FusedOptimizer):
         min_trust: float = 0.0,
         master_weights: bool = False,
     ) -> None:
-        if not lr >= 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not eps >= 0.0:
-            raise ValueError(f"Invalid epsilon: {eps}")
-        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-            raise ValueError(f"Invalid betas: {betas}")
-        if not weight_decay >= 0.0:
-            raise ValueError(f"Invalid weight_decay: {weight_decay}")
-        if not 0.0 <= phi_min <= phi_max:
-            raise ValueError(f"Need 0 <= phi_min <= phi_max, got {phi_min}, {phi_max}")
         defaults = dict(lr=lr, bias_correction=bias_correction, betas=betas, eps=eps,
                         weight_decay=weight_decay, grad_averaging=grad_averaging,
                         max_grad_norm=max_grad_norm, trust_clip=trust_clip,
@@ -79,12 +72,36 @@ class Lamb(FusedOptimizer):
                         min_trust=min_trust, adapt=None)
         super().__init__(params, defaults, master_weights)
 
+    @classmethod
+    def _check_hparams(cls, group: dict, where: str = "") -> None:
+        check_nonnegative(group["lr"], "learning rate", "lr", where)
+        check_nonnegative(group["eps"], "epsilon", "eps", where)
+        betas = group["betas"]
+        try:
+            beta1, beta2 = (as_number(b, "betas") for b in betas)
+            valid = 0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise ValueError(f"Invalid betas: {betas}{where} (betas must be a pair (beta1, beta2) with 0 <= beta < 1)")
+        check_nonnegative(group["weight_decay"], "weight_decay", "weight_decay", where)
+        max_norm = group["max_grad_norm"]
+        if max_norm is not None and not as_number(max_norm, "max_grad_norm") >= 0.0:
+            raise ValueError(f"Invalid max_grad_norm: {max_norm}{where} (max_grad_norm must be None or 0 to "
+                             "disable clipping, or a positive norm)")
+        phi_min, phi_max = group["phi_min"], group["phi_max"]
+        if not 0.0 <= phi_min <= phi_max:
+            raise ValueError(f"Need 0 <= phi_min <= phi_max, got {phi_min}, {phi_max}{where}")
+        check_nonnegative(group["min_trust"], "min_trust", "min_trust", where)
+
     def _grad_divisors(self, work) -> dict[torch.device, torch.Tensor]:
         """Per device: loss scale x global clipping factor, computed on device (no sync)."""
         max_norm = self.defaults["max_grad_norm"]
         by_device: dict[torch.device, list] = {}
         for _, device, params in work:
-            by_device.setdefault(device, []).extend(p.grad for p in params)
+            # Contiguous like the step's gradients (_grads): the kernels take dense tensors.
+            by_device.setdefault(device, []).extend(
+                p.grad if p.grad.is_contiguous() else p.grad.contiguous() for p in params)
         divisors = {}
         sumsq_total = None
         for device, grads in by_device.items():
@@ -112,14 +129,16 @@ class Lamb(FusedOptimizer):
             beta1, beta2 = group["betas"]
             _, found_inf = self._amp_inputs(device)
             plan = self._plan(group, device, params, ("exp_avg", "exp_avg_sq"))
-            step = self._group_step(plan, params, found_inf)
+            step = self._group_step(plan, found_inf)
             lr = self._scalar(group, "lr", device)
             for batch in plan["batches"]:
+                kparams, grads, models = self._launch_lists(batch)
                 _ops.lamb_step_(
-                    batch["params"], self._grads(batch), batch["states"]["exp_avg"],
-                    batch["states"]["exp_avg_sq"], batch["models"], lr, step, divisors[device], found_inf,
+                    kparams, grads, batch["states"]["exp_avg"],
+                    batch["states"]["exp_avg_sq"], models, lr, step, divisors[device], found_inf,
                     beta1, beta2, group["eps"], group["weight_decay"],
                     group["bias_correction"], group["grad_averaging"], bool(self._adapts(group)),
                     group["trust_clip"], group["phi_min"], group["phi_max"], group["min_trust"],
                 )
+                self._write_back(batch, kparams, models)
         return loss

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ._fused import FusedOptimizer
+from ._fused import FusedOptimizer, as_number, check_nonnegative
 
 _ops = torch.ops.peftcore
 
@@ -27,6 +29,8 @@ class Lars(FusedOptimizer):
     wrapper: LARC there wraps another optimizer; here it is ``trust_clip=True``.
     """
 
+    _moment_keys = ("momentum_buffer",)
+
     def __init__(
         self,
         params,
@@ -41,18 +45,25 @@ class Lars(FusedOptimizer):
         always_adapt: bool = False,
         master_weights: bool = False,
     ) -> None:
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if momentum < 0.0:
-            raise ValueError(f"Invalid momentum value: {momentum}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, trust_coeff=trust_coeff, eps=eps, trust_clip=trust_clip,
                         always_adapt=always_adapt, adapt=None)
         super().__init__(params, defaults, master_weights)
+
+    @classmethod
+    def _check_hparams(cls, group: dict, where: str = "") -> None:
+        check_nonnegative(group["lr"], "learning rate", "lr", where)
+        check_nonnegative(group["momentum"], "momentum value", "momentum", where)
+        dampening = as_number(group["dampening"], "dampening")
+        if not -math.inf < dampening < math.inf:
+            raise ValueError(f"Invalid dampening value: {group['dampening']}{where} "
+                             "(dampening must be a finite number)")
+        check_nonnegative(group["weight_decay"], "weight_decay value", "weight_decay", where)
+        if group["nesterov"] and (not as_number(group["momentum"], "momentum") > 0 or dampening != 0):
+            raise ValueError(f"Nesterov momentum requires a momentum and zero dampening{where} (got momentum="
+                             f"{group['momentum']}, dampening={group['dampening']})")
+        check_nonnegative(group["trust_coeff"], "trust_coeff", "trust_coeff", where)
+        check_nonnegative(group["eps"], "epsilon", "eps", where)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -68,11 +79,13 @@ class Lars(FusedOptimizer):
                     buffers = batch["states"].get("momentum_buffer", [])
                     # A buffer the plan just created starts from the gradient (torch SGD).
                     fresh = batch["fresh"] if buffers else []
+                    kparams, grads, models = self._launch_lists(batch)
                     _ops.lars_step_(
-                        batch["params"], self._grads(batch), buffers, batch["models"], lr, divisor,
+                        kparams, grads, buffers, models, lr, divisor,
                         found_inf, fresh, group["momentum"], group["dampening"], group["weight_decay"],
                         group["nesterov"], group["trust_coeff"], group["eps"], group["trust_clip"],
                         bool(adapt),
                     )
+                    self._write_back(batch, kparams, models)
                     batch["fresh"] = [False] * len(batch["fresh"])
         return loss

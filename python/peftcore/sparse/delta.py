@@ -18,6 +18,44 @@ FORMAT = "peftcore.sparse_delta"
 VERSION = "1"
 
 
+def _alias_key(t: Tensor):
+    """What makes two tensors the same memory: storage, offset, shape, strides and
+    dtype (the object itself when the storage has no address: meta or empty)."""
+    d = t.detach()
+    try:
+        ptr = d.untyped_storage().data_ptr() if d.numel() and d.device.type != "meta" else 0
+    except (RuntimeError, NotImplementedError, TypeError):  # sparse, quantized...: no plain storage
+        ptr = 0
+    if not ptr:
+        return ("object", id(t))
+    return (d.device, ptr, d.storage_offset(), tuple(d.shape), tuple(d.stride()), d.dtype)
+
+
+def _count(k) -> int:
+    """`k` of from_diff as an int: a non-negative whole number (int, numpy or 0-dim
+    tensor integer, or a float with no fraction), else ValueError."""
+    try:
+        ok = not isinstance(k, bool) and float(k).is_integer() and float(k) >= 0
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"from_diff: k must be a non-negative integer (the number of entries to "
+                         f"keep), got {k!r}")
+    return int(k)
+
+
+def _untied(names: list[str], theta: Mapping[str, Tensor]) -> list[str]:
+    """`names` less those whose tensor in `theta` is an earlier name's tensor (tied
+    weights, which ``state_dict()`` lists under every name); the first name stays."""
+    seen, kept = set(), []
+    for n in names:
+        key = _alias_key(theta[n])
+        if key not in seen:
+            seen.add(key)
+            kept.append(n)
+    return kept
+
+
 @dataclass
 class SparseEntry:
     """One parameter's delta: `values` at the sorted, unique, flat row-major
@@ -105,19 +143,35 @@ class SparseDelta:
 
         Exactly k entries are kept: all above the k-th largest magnitude, then ties
         at that magnitude in state-dict order and, within a parameter, flat index
-        order. Only names present in both state dicts with floating tensors count.
-        Values are ``theta - theta0`` at the kept entries, in `value_dtype` (default:
-        the parameter's dtype). Non-finite differences raise ValueError.
+        order. Only names present in both state dicts with floating tensors count;
+        a name whose tensor in `theta` is an earlier name's tensor (tied weights,
+        e.g. an output layer sharing the input embedding: ``state_dict()`` lists
+        both) is dropped, keeping the first name, as ``model.named_parameters()``
+        does.
+        Differences are computed in float64 for float64 parameters (so that
+        ``theta0 + delta`` gives back theta and tiny differences rank by their
+        true size) and in float32 otherwise. Values are ``theta - theta0`` at the
+        kept entries, in `value_dtype` (default: the parameter's dtype).
+        `k` must be a non-negative integer, `density` a number in (0, 1].
+        Non-finite differences raise ValueError.
         """
         if (k is None) == (density is None):
             raise ValueError("from_diff needs exactly one of k or density")
-        names = [n for n in theta0 if n in theta and theta0[n].is_floating_point()]
+        if k is not None:
+            k = _count(k)
+        if density is not None:
+            try:
+                ok = not isinstance(density, bool) and 0.0 < float(density) <= 1.0
+            except (TypeError, ValueError, RuntimeError, OverflowError):
+                ok = False
+            if not ok:
+                raise ValueError(f"from_diff: density must be a number in (0, 1] (the fraction of "
+                                 f"entries to keep), got {density!r}")
+        names = _untied([n for n in theta0 if n in theta and theta0[n].is_floating_point()], theta)
         for n in names:
             if theta0[n].shape != theta[n].shape:
                 raise ValueError(f"{n}: theta0 has shape {tuple(theta0[n].shape)} but theta has "
                                  f"{tuple(theta[n].shape)}")
-        if density is not None and not 0.0 <= density <= 1.0:
-            raise ValueError(f"density must be in [0, 1], got {density}")
 
         def budget(numels: int) -> int:
             return int(round(density * numels)) if density is not None else min(int(k), numels)
@@ -125,15 +179,18 @@ class SparseDelta:
         if per_parameter:
             chosen = {}
             for n in names:
-                chosen.update(select_top_k({n: (theta0[n], theta[n])}, budget(theta0[n].numel())))
+                chosen.update(select_top_k({n: (theta0[n], theta[n])}, budget(theta0[n].numel()),
+                                           float64=True))
         else:
             pairs = {n: (theta0[n], theta[n]) for n in names}
-            chosen = select_top_k(pairs, budget(sum(theta0[n].numel() for n in names)))
+            chosen = select_top_k(pairs, budget(sum(theta0[n].numel() for n in names)), float64=True)
         entries = {}
         for n, idx in chosen.items():
-            diff = theta[n].detach().flatten()[idx].to(torch.float32) - theta0[n].detach().flatten()[idx].to(torch.float32)
-            entries[n] = SparseEntry(idx, diff.to(value_dtype or theta0[n].dtype), tuple(theta0[n].shape),
-                                     theta0[n].dtype)
+            t0, t = theta0[n].detach(), theta[n].detach()
+            wide = torch.float64 in (t0.dtype, t.dtype)
+            compute = torch.float64 if wide else torch.float32
+            diff = t.flatten()[idx].to(compute) - t0.flatten()[idx].to(compute)
+            entries[n] = SparseEntry(idx, diff.to(value_dtype or t0.dtype), tuple(t0.shape), t0.dtype)
         return cls(entries)
 
     # ------------------------------------------------------------------ files

@@ -9,6 +9,7 @@ whatever weight decay does: entries outside the mask are not parameters at all.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Union
 
 import torch
@@ -42,6 +43,29 @@ def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return (model.get_submodule(module_name) if module_name else model), attr
 
 
+class _ModuleSnapshot:
+    """What registering parametrizations changes in a module (its class, the class's
+    attributes when it is already a parametrized class, its parameter, buffer and
+    submodule tables, an existing ``parametrizations`` table), to put it back as the
+    same objects in the same order."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module, self.cls = module, type(module)
+        self.cls_attrs = set(vars(self.cls))
+        self.tables = [(t, dict(t)) for t in (module._parameters, module._buffers, module._modules)]
+        existing = module._modules.get("parametrizations")
+        if existing is not None:
+            self.tables.append((existing._modules, dict(existing._modules)))
+
+    def restore(self) -> None:
+        self.module.__class__ = self.cls
+        for attr in set(vars(self.cls)) - self.cls_attrs:  # properties added to a parametrized class
+            delattr(self.cls, attr)
+        for table, saved in self.tables:
+            table.clear()
+            table.update(saved)
+
+
 class MaskedTraining:
     """Makes only the masked entries of `model` trainable, starting from the model's
     current weights (theta0).
@@ -53,25 +77,48 @@ class MaskedTraining:
     `merge()` writes theta0 + delta into the ordinary parameters and ends masking.
     """
 
-    def __init__(self, model: nn.Module, mask: Union[SparseDelta, dict], l1: float = 0.0) -> None:
+    def __init__(self, model: nn.Module, mask: Union[SparseDelta, Mapping], l1: float = 0.0) -> None:
         if isinstance(mask, SparseDelta):
             mask = {n: e.indices for n, e in mask.entries.items()}
+        if not isinstance(mask, Mapping):
+            raise ValueError(f"mask must be a SparseDelta or a dict {{name: sorted flat indices}}, got "
+                             f"{type(mask).__name__}")
         params = dict(model.named_parameters())
         unknown = [n for n in mask if n not in params]
         if unknown:
             raise ValueError(f"mask names parameters the model does not have: {unknown[:4]}")
-        self.model, self.l1 = model, float(l1)
-        self.entries: dict[str, tuple[nn.Module, str]] = {}
-        for p in model.parameters():
-            p.requires_grad_(False)
+        # Every mask is checked before the model is touched ...
+        checked: dict[str, Tensor] = {}
         for name, idx in mask.items():
             p = params[name]
-            idx = torch.as_tensor(idx, dtype=torch.int64)
-            SparseEntry(idx, torch.zeros(idx.numel()), tuple(p.shape), p.dtype).validate(name)
-            module, attr = _owner(model, name)
-            parametrize.register_parametrization(module, attr, _SparseReparam(p, idx), unsafe=True)
-            getattr(module.parametrizations, attr).original0.requires_grad_(True)
-            self.entries[name] = (module, attr)
+            try:
+                idx = torch.as_tensor(idx, dtype=torch.int64)
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise ValueError(f"mask[{name!r}] must be flat indices (int64), got {type(idx).__name__} "
+                                 f"({exc})") from exc
+            SparseEntry(idx, torch.zeros(idx.numel()), tuple(p.shape), p.dtype).validate(f"mask[{name!r}]")
+            checked[name] = idx
+        self.model, self.l1 = model, float(l1)
+        self.entries: dict[str, tuple[nn.Module, str]] = {}
+        # ... and any failure while changing it is undone, leaving it as it was.
+        requires_grad = [(p, p.requires_grad) for p in model.parameters()]
+        snapshots = {id(m): _ModuleSnapshot(m) for m in (_owner(model, n)[0] for n in checked)}
+        try:
+            for p in model.parameters():
+                p.requires_grad_(False)
+            for name, idx in checked.items():
+                p = params[name]
+                module, attr = _owner(model, name)
+                parametrize.register_parametrization(module, attr, _SparseReparam(p, idx), unsafe=True)
+                self.entries[name] = (module, attr)
+                getattr(module.parametrizations, attr).original0.requires_grad_(True)
+        except BaseException:
+            for snapshot in snapshots.values():
+                snapshot.restore()
+            for p, flag in requires_grad:
+                p.requires_grad_(flag)
+            self.entries = {}
+            raise
 
     def _reparam(self, name: str) -> tuple[_SparseReparam, nn.Parameter]:
         module, attr = self.entries[name]

@@ -19,13 +19,21 @@ import torch
 from torch import Tensor
 
 
-def select_top_k(pairs: Mapping[str, tuple[Tensor, Tensor]], k: int) -> dict[str, Tensor]:
+def select_top_k(pairs: Mapping[str, tuple[Tensor, Tensor]], k: int, float64: bool = False) -> dict[str, Tensor]:
     """Flat indices (sorted int64) of the k largest |theta - theta0| over all pairs:
-    everything above the k-th largest magnitude, then ties in the pairs' order."""
+    everything above the k-th largest magnitude, then ties in the pairs' order.
+
+    The difference is float(theta) - float(theta0) in float32 (the op's rule). With
+    ``float64=True``, pairs with a float64 side are compared by their float64
+    difference instead (the others keep the float32 one, which float64 holds
+    exactly), so differences below float32's resolution rank by their true size;
+    that goes through the chunked algorithm with a float64 buffer."""
     total = sum(p[0].numel() for p in pairs.values())
     if k <= 0 or total == 0:
         return {n: torch.zeros(0, dtype=torch.int64, device=p[0].device) for n, p in pairs.items()}
     k = min(k, total)
+    if float64 and any(_wide(t0, t) for t0, t in pairs.values()):
+        return select_top_k_chunked(pairs, k, float64=True)
     if next(iter(pairs.values()))[0].device.type != "cpu":
         return select_top_k_chunked(pairs, k)
     theta0, theta = [], []
@@ -36,6 +44,10 @@ def select_top_k(pairs: Mapping[str, tuple[Tensor, Tensor]], k: int) -> dict[str
         theta0.append(t0)
         theta.append(t)
     return dict(zip(pairs, torch.ops.peftcore.magnitude_topk(theta0, theta, k)))
+
+
+def _wide(t0: Tensor, t: Tensor) -> bool:
+    return t0.dtype == torch.float64 or t.dtype == torch.float64
 
 
 # 32M fp32 magnitudes (128 MiB) per chunk: large enough that topk runs near its
@@ -61,45 +73,60 @@ def _pieces(numels: list[int], chunk: int):
         yield chunk_start, pieces
 
 
+def _sub_float32(out: Tensor, t: Tensor, t0: Tensor) -> None:
+    """out (float32) = float(t) - float(t0), as the CPU op computes it."""
+    if t.dtype == torch.float32 and t0.dtype == torch.float32:
+        torch.sub(t, t0, out=out)
+    elif t.dtype in (torch.float16, torch.bfloat16) and t0.dtype in (torch.float16, torch.bfloat16, torch.float32):
+        out.copy_(t).sub_(t0)  # 16-bit -> float32 is exact, so this is (float)t - (float)t0
+    else:
+        torch.sub(t.to(torch.float32), t0.to(torch.float32), out=out)
+
+
 def _fill_magnitudes(buf: Tensor, flat: list[tuple[Tensor, Tensor]], pieces) -> Tensor:
-    """|theta - theta0| of the pieces as float32, computed like the CPU op (both sides
-    cast to float32, then subtracted), into `buf`."""
+    """|theta - theta0| of the pieces into `buf`: computed like the CPU op (both sides
+    cast to float32, then subtracted); in a float64 `buf`, pairs with a float64 side
+    are subtracted in float64 and the others still in float32."""
     at = 0
     for i, start, length in pieces:
         t0, t = (x.narrow(0, start, length) for x in flat[i])
         out = buf.narrow(0, at, length)
-        if t.dtype == torch.float32 and t0.dtype == torch.float32:
-            torch.sub(t, t0, out=out)
-        elif t.dtype in (torch.float16, torch.bfloat16) and t0.dtype in (torch.float16, torch.bfloat16, torch.float32):
-            out.copy_(t).sub_(t0)  # 16-bit -> float32 is exact, so this is (float)t - (float)t0
+        if buf.dtype == torch.float32:
+            _sub_float32(out, t, t0)
+        elif _wide(t0, t):
+            torch.sub(t.to(torch.float64), t0.to(torch.float64), out=out)
         else:
-            torch.sub(t.to(torch.float32), t0.to(torch.float32), out=out)
+            narrow32 = torch.empty(length, dtype=torch.float32, device=buf.device)
+            _sub_float32(narrow32, t, t0)
+            out.copy_(narrow32)
         at += length
     return buf.narrow(0, 0, at).abs_()
 
 
-def default_chunk(device: torch.device, total: int) -> int:
+def default_chunk(device: torch.device, total: int, itemsize: int = 4) -> int:
     """All magnitudes in one chunk when they take at most 1/8 of the free GPU memory
     (one topk, and the tie pass reads the buffer instead of the parameters again);
     CHUNK_ELEMENTS otherwise."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        if 4 * total <= free // 8:
+        if itemsize * total <= free // 8:
             return max(total, 1)
     return CHUNK_ELEMENTS
 
 
 def select_top_k_chunked(pairs: Mapping[str, tuple[Tensor, Tensor]], k: int,
-                         chunk: Optional[int] = None) -> dict[str, Tensor]:
+                         chunk: Optional[int] = None, float64: bool = False) -> dict[str, Tensor]:
     """`select_top_k` through chunked torch.topk (the GPU algorithm; exact, same tie
-    rule). Extra memory: one chunk of float32 plus a pool of 2k values and positions."""
+    rule). Extra memory: one chunk of float32 (float64 with ``float64=True``, see
+    `select_top_k`) plus a pool of 2k values and positions."""
     names = list(pairs)
     flat = [(t0.detach().flatten(), t.detach().flatten()) for t0, t in pairs.values()]
     numels = [f[0].numel() for f in flat]
     device = flat[0][0].device
-    chunk = chunk or default_chunk(device, sum(numels))
-    buf = torch.empty(min(chunk, sum(numels)), dtype=torch.float32, device=device)
-    pool_v = torch.empty(0, dtype=torch.float32, device=device)
+    mag_dtype = torch.float64 if float64 else torch.float32
+    chunk = chunk or default_chunk(device, sum(numels), mag_dtype.itemsize)
+    buf = torch.empty(min(chunk, sum(numels)), dtype=mag_dtype, device=device)
+    pool_v = torch.empty(0, dtype=mag_dtype, device=device)
     pool_pos = torch.empty(0, dtype=torch.int64, device=device)
     finite = torch.ones((), dtype=torch.bool, device=device)
     for chunk_start, pieces in _pieces(numels, chunk):
