@@ -88,9 +88,16 @@ class BlockedDropout {
   at::Tensor masked_;
 };
 
-// acc += t^T x; acc is float32 when t and x are 16-bit.
-void skinny_tn_acc(const at::Tensor& t, const at::Tensor& x, at::Tensor& acc) {
-  acc.add_(tn_product(t, x, acc.scalar_type()));
+// acc += t^T x in `acc_dtype` (float32 when t and x are 16-bit); the first block's
+// product becomes acc itself (no zero-filled accumulator and no add: fewer ops per
+// call, which is what small steps pay for).
+void skinny_tn_acc(const at::Tensor& t, const at::Tensor& x, at::Tensor& acc, at::ScalarType acc_dtype) {
+  at::Tensor part = tn_product(t, x, acc_dtype);
+  if (acc.defined()) {
+    acc.add_(part);
+  } else {
+    acc = std::move(part);
+  }
 }
 
 at::Tensor shrink_cpu(const at::Tensor& x, const at::Tensor& A, double scale,
@@ -114,13 +121,12 @@ void expand_add_cpu(at::Tensor& y, const at::Tensor& h, const at::Tensor& B) {
 }
 
 LowRankGrads backward_cpu(const at::Tensor& g, const at::Tensor& x, const at::Tensor& hidden,
-                             const at::Tensor& A, const at::Tensor& B, double scale,
-                             const DropoutSpec* dropout, at::Tensor* grad_x, bool want_A,
-                             bool want_B) {
+                          const at::Tensor& A, const at::Tensor& B, double scale, const DropoutSpec* dropout,
+                          at::Tensor* grad_x, bool want_A, bool want_B) {
   const int64_t n = g.size(0), in = x.size(1), out = g.size(1), rank = A.size(0);
-  const auto acc_options = x.options().dtype(at::toOpMathType(x.scalar_type()));
-  at::Tensor grad_a = want_A ? at::zeros({rank, in}, acc_options) : at::Tensor();
-  at::Tensor grad_b_t = want_B ? at::zeros({rank, out}, acc_options) : at::Tensor();
+  const at::ScalarType acc_dtype = at::toOpMathType(x.scalar_type());
+  const auto acc_options = x.options().dtype(acc_dtype);
+  at::Tensor grad_a, grad_b_t;  // accumulators: set by the first block (see skinny_tn_acc)
   const bool need_t = want_A || grad_x != nullptr;
   // Written rather than added to when the caller passes an undefined grad_x.
   const bool write_dx = grad_x != nullptr && !grad_x->defined();
@@ -131,13 +137,13 @@ LowRankGrads backward_cpu(const at::Tensor& g, const at::Tensor& x, const at::Te
   // One block's worth of the adapter backward; `masked` applies the block's mask.
   auto block = [&](int64_t row0, int64_t rows, BlockedDropout* masked) {
     const at::Tensor g_block = g.narrow(0, row0, rows);
-    if (want_B) skinny_tn_acc(hidden.narrow(0, row0, rows), g_block, grad_b_t);
+    if (want_B) skinny_tn_acc(hidden.narrow(0, row0, rows), g_block, grad_b_t, acc_dtype);
     if (!need_t) return;
     at::Tensor t_block = t.narrow(0, row0, rows);
     parallel_skinny_nt_(t_block, g_block, b_cols, scale);
     if (want_A) {
       const at::Tensor x_block = x.narrow(0, row0, rows);
-      skinny_tn_acc(t_block, masked ? masked->masked(x_block) : x_block, grad_a);
+      skinny_tn_acc(t_block, masked ? masked->masked(x_block) : x_block, grad_a, acc_dtype);
     }
     if (grad_x != nullptr) {
       at::Tensor dx_block = grad_x->narrow(0, row0, rows);
@@ -154,6 +160,8 @@ LowRankGrads backward_cpu(const at::Tensor& g, const at::Tensor& x, const at::Te
     }
   };
   if (dropout == nullptr && grad_x == nullptr && need_t && row_block_grads_fit(x)) {
+    if (want_A) grad_a = at::zeros({rank, in}, acc_options);  // row_block_grads adds into them
+    if (want_B) grad_b_t = at::zeros({rank, out}, acc_options);
     row_block_grads(g, x, hidden, b_cols, scale, t, want_A ? &grad_a : nullptr, want_B ? &grad_b_t : nullptr);
   } else if (dropout == nullptr) {
     block(0, n, nullptr);
@@ -162,6 +170,8 @@ LowRankGrads backward_cpu(const at::Tensor& g, const at::Tensor& x, const at::Te
     blocks.for_each_block([&](int64_t row0, int64_t rows) { block(row0, rows, &blocks); });
   }
 
+  if (want_A && !grad_a.defined()) grad_a = at::zeros({rank, in}, acc_options);  // no rows
+  if (want_B && !grad_b_t.defined()) grad_b_t = at::zeros({rank, out}, acc_options);
   LowRankGrads grads;
   if (want_A) grads.grad_A = grad_a.to(x.scalar_type());
   if (want_B) grads.grad_B = grad_b_t.t().contiguous().to(x.scalar_type());
