@@ -122,9 +122,7 @@ class HydraLinear(nn.Module):
         nearly: its r_s x r_s Woodbury core I + s_s A_s B_s would lose every digit)."""
         if self.A_s is None:
             return
-        core = torch.eye(self.r_sequential, dtype=torch.float64, device=self.A_s.device) + \
-            self.scale_sequential * (self.A_s.double() @ self.B_s.double())
-        cond = torch.linalg.cond(core).item()
+        cond = torch.linalg.cond(self._woodbury_core()).item()
         if not cond < 1e12:
             raise ValueError(f"cannot merge this Hydra layer: its sequential map I + s_s B_s A_s is singular "
                              f"(condition number of I + s_s A_s B_s: {cond:.3g}), so unmerge could not restore W; "
@@ -135,10 +133,15 @@ class HydraLinear(nn.Module):
             return None
         return self.scale_sequential * (self.B_s.double() @ self.A_s.double())
 
+    def _woodbury_core(self) -> Tensor:
+        """I_r + s_s A_s B_s (float64, r_s x r_s): what unmerge solves with, and what
+        merge checks first."""
+        A, B = self.A_s.double(), self.B_s.double()
+        return torch.eye(self.r_sequential, dtype=torch.float64, device=A.device) + self.scale_sequential * (A @ B)
+
     def _apply_inverse(self, m: Tensor) -> Tensor:
         s, A, B = self.scale_sequential, self.A_s.double(), self.B_s.double()
-        small = torch.eye(self.r_sequential, dtype=torch.float64, device=A.device) + s * (A @ B)
-        return m - s * (B @ torch.linalg.solve(small, A @ m))
+        return m - s * (B @ torch.linalg.solve(self._woodbury_core(), A @ m))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, r_parallel={self.r_parallel}, "

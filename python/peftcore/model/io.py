@@ -111,13 +111,11 @@ def _regular_file(path: Path) -> Path:
 def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     """(tensors, metadata) of a safetensors file."""
     from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
 
     _regular_file(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = dict(f.metadata() or {})
-        return load_file(str(path)), metadata
+        with safe_open(str(path), framework="pt") as f:  # one open for the header and the tensors
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except (OSError, SafetensorError, RuntimeError, ValueError) as exc:
         raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
 
